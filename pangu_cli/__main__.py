@@ -1,0 +1,3 @@
+from pangu_cli.cli import main
+
+main()

@@ -1,0 +1,439 @@
+"""The `pangu` command line. Each command parses, validates, calls one engine function, renders.
+
+Human output goes to stderr (Rich), results to stdout (paths, or JSON with --json), so the tool
+composes in shell pipelines. Errors are `PanguError`s, turned into one line and an exit code in
+`main()` only. MindSpore is imported only by commands that run a model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from pangu_cli import __version__
+from pangu_cli.errors import EXIT_CODES, PanguError, UsageError
+
+EXIT_HELP = "Exit codes: " + ", ".join(f"{code} {text.split(' (')[0]}" for code, text in EXIT_CODES.items())
+
+app = typer.Typer(
+    name="pangu",
+    help="Bilingual text-to-image with PanGu-Draw on MindSpore · 中英双语文生图 (PanGu-Draw / MindSpore)\n\n"
+         + EXIT_HELP,
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+class _State:
+    debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"pangu {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+) -> None:
+    _State.debug = debug
+
+
+def _read_text_arg(value: str, what: str) -> str:
+    """'-' reads stdin (UTF-8, BOM tolerated)."""
+    if value != "-":
+        return value
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} on stdin is not UTF-8 (byte {exc.start})", "convert it, e.g. iconv -f GB18030 -t UTF-8") from None
+
+
+def _emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------- detect
+
+@app.command()
+def detect(
+    text: str = typer.Argument(..., help="Text to analyse, or - for stdin."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show the language decision and the spans sent to each encoder · 语言检测."""
+    from pangu_cli.language import detect as detect_language
+
+    result = detect_language(_read_text_arg(text, "text"))
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    out.print(result.lang)
+    for span in result.spans:
+        out.print(f"  {span.lang}  [{span.start}:{span.end}]  {span.text}")
+    if result.words:
+        out.print("  jieba: " + " / ".join(result.words))
+
+
+# ------------------------------------------------------------------------------------------- ratios
+
+@app.command()
+def ratios(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the aspect ratios and sizes a model supports · 支持的宽高比与分辨率."""
+    from pangu_cli.models import registry
+    from pangu_cli.ratios import HIGH_SOLUTION_BASE_SIZE_LIST, make_buckets
+
+    try:
+        spec = registry.resolve(model)
+        name, sizes = spec.name, spec.buckets
+    except PanguError:
+        if model:
+            raise
+        name, sizes = "PanGu-Draw 3.0 (reference 1K list)", HIGH_SOLUTION_BASE_SIZE_LIST
+    buckets = make_buckets(sizes)
+    if as_json:
+        _emit_json({"model": name, "buckets": [b.to_dict() for b in buckets]})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{name}: --ratio / --size", title_justify="left")
+    for column in ("ratio", "size", "MP", "index"):
+        table.add_column(column, justify="right" if column != "ratio" else "left")
+    for b in sorted(buckets, key=lambda b: b.ratio):
+        table.add_row(b.label, b.size, f"{b.megapixels:.2f}", str(b.index))
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+presets_app = typer.Typer(help="Style presets · 风格预设", no_args_is_help=False, invoke_without_command=True)
+app.add_typer(presets_app, name="presets")
+
+
+@presets_app.callback()
+def presets_default(ctx: typer.Context,
+                    as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List style presets (packaged and user) · 列出风格预设."""
+    if ctx.invoked_subcommand is None:
+        presets_list(as_json)
+
+
+@presets_app.command("list")
+def presets_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List style presets."""
+    from pangu_cli.presets import load_presets
+
+    library = load_presets()
+    if as_json:
+        _emit_json([p.to_dict() for p in library.values()])
+        return
+    from rich.table import Table
+
+    table = Table(title="style presets (--style NAME[=WEIGHT])", title_justify="left")
+    for column in ("name", "aliases", "styles", "description"):
+        table.add_column(column)
+    for p in library.values():
+        scales = ", ".join(f"{k}={v:g}" for k, v in p.styles.items() if v) or "—"
+        table.add_row(p.name, ", ".join(p.aliases), scales, f"{p.describe('en')} · {p.describe('zh')}")
+    out.print(table)
+
+
+@presets_app.command("show")
+def presets_show(name: str = typer.Argument(..., help="Preset name or alias."),
+                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show one preset."""
+    from pangu_cli.presets import get_preset
+
+    preset = get_preset(name)
+    data = preset.to_dict()
+    if as_json:
+        _emit_json(data)
+        return
+    for key, value in data.items():
+        out.print(f"[bold]{key}[/]: {value}")
+
+
+# ------------------------------------------------------------------------------------------- models
+
+models_app = typer.Typer(help="Installed models · 模型", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models_default(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List models (embedded default first) · 列出模型."""
+    if ctx.invoked_subcommand is None:
+        models_list(as_json)
+
+
+def _model_summary(spec) -> dict:
+    return {"name": spec.name, "source": spec.source, "path": str(spec.root), "description": spec.description,
+            "two_stage": spec.two_stage if "checkpoints" in spec.manifest else None,
+            "missing": [str(p) for p in spec.missing_files()] if "checkpoints" in spec.manifest else [],
+            "buckets": len(spec.buckets)}
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List models."""
+    from pangu_cli.models import registry
+
+    specs = registry.list_models()
+    if as_json:
+        _emit_json([_model_summary(s) for s in specs])
+        return
+    if not specs:
+        err.print("no models installed — pass --model FOLDER to draw, or see README (pangu-mini)")
+        return
+    for s in specs:
+        info = _model_summary(s)
+        state = "missing files" if info["missing"] else "ok"
+        out.print(f"[bold]{s.name}[/]  ({s.source}, {state})  {s.description}")
+
+
+@models_app.command("show")
+def models_show(name: str = typer.Argument(..., help="Model name or folder."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show a model's details."""
+    from pangu_cli.models import registry
+
+    spec = registry.resolve(name)
+    info = _model_summary(spec)
+    info.update(sampling=spec.sampling, styles=list(spec.style_prefixes),
+                encoders=[f"{e['kind']} ({e.get('language') or 'all'})" for e in spec.manifest["text_encoders"]])
+    if as_json:
+        _emit_json(info)
+        return
+    for key, value in info.items():
+        out.print(f"[bold]{key}[/]: {value}")
+
+
+# --------------------------------------------------------------------------------------------- show
+
+@app.command()
+def show(image: Path = typer.Argument(..., help="A PNG made by pangu (or by A1111-compatible tools)."),
+         as_json: bool = typer.Option(False, "--json", help="Print the recipe as JSON.")) -> None:
+    """Print the generation recipe stored in a PNG · 查看图片中的生成参数."""
+    from pangu_cli.output import read_recipe
+
+    recipe = read_recipe(image)
+    if as_json:
+        _emit_json(recipe)
+        return
+    for key, value in recipe.items():
+        out.print(f"[bold]{key}[/]: {value}")
+
+
+# ------------------------------------------------------------------------------------------- doctor
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Check MindSpore, devices, CPU settings, models and the output folder · 环境检查."""
+    from pangu_cli.doctor import run_checks
+
+    checks = run_checks()
+    if as_json:
+        _emit_json(checks)
+        return
+    for check in checks:
+        colour = {"ok": "green", "warn": "yellow", "fail": "red"}[check["status"]]
+        out.print(f"[{colour}]{check['status']:>4}[/]  {check['name']}: {check['detail']}")
+    if any(c["status"] == "fail" for c in checks):
+        raise typer.Exit(4)
+
+
+# --------------------------------------------------------------------------------------------- draw
+
+def _options(prompt, negative, seed, count, steps, guidance, sampler, style, style_scale, ratio, size, switch):
+    from pangu_cli.plan import Options
+
+    return Options(prompt=prompt, negative=negative, seed=seed, count=count, steps=steps, guidance=guidance,
+                   sampler=sampler, style=style or None, style_scale=style_scale, ratio=ratio, size=size,
+                   switch=switch)
+
+
+def _validate_early(prompt: str | None, ratio: str | None, size: str | None) -> None:
+    """Input errors before model errors: a bad prompt or ratio is reported even without a model."""
+    from pangu_cli import plan, ratios
+
+    if prompt is not None:
+        plan.clean_prompt(prompt)
+    if ratio:
+        ratios.parse_ratio(ratio)
+    if size:
+        ratios.parse_size(size)
+
+
+@app.command()
+def draw(
+    prompt: Optional[str] = typer.Argument(None, help="The prompt (中文, English or mixed), or - for stdin."),
+    ratio: Optional[str] = typer.Option(None, "--ratio", "-r", help="Aspect ratio, e.g. 16:9, 4:3, 1:1, 9:16 (nearest bucket)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Exact size WxH; must be one of `pangu ratios`."),
+    style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="Style preset, repeatable: anime, photo=0.3, or anime=0.6,photo=0.3."),
+    style_scale: Optional[float] = typer.Option(None, "--style-scale", help="Multiply every style scale."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (random if omitted; image i uses seed+i)."),
+    count: int = typer.Option(1, "--count", "-n", help="Number of images."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (model default)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="euler or dpmpp_2m."),
+    switch: Optional[float] = typer.Option(None, "--switch", help="Structure→texture hand-over: timestep (500) or fraction (0.5)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder (default: pangu-mini)."),
+    device: str = typer.Option("auto", "--device", help="auto, CPU, GPU or Ascend."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
+    out_path: Optional[str] = typer.Option(None, "--out", "-o", help="Output file (.png) or folder."),
+    name: str = typer.Option("{date}-{seed}-{slug}.png", "--name", help="File-name template inside a folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+    from_image: Optional[Path] = typer.Option(None, "--from", help="Re-run the recipe stored in a PNG."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and print the plan; generate nothing."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
+) -> None:
+    """Draw image(s) from one prompt · 根据提示词生成图像."""
+    from pangu_cli import plan
+    from pangu_cli.models import registry
+
+    recipe = None
+    if from_image is not None:
+        from pangu_cli.output import read_recipe
+
+        recipe = read_recipe(from_image)
+    elif prompt is None:
+        raise UsageError("missing PROMPT", 'give a prompt, e.g. pangu draw "一只红色的猫", or --from IMAGE.png')
+    text = _read_text_arg(prompt, "prompt") if prompt is not None else None
+    _validate_early(text, ratio, size)
+    spec = registry.resolve(model or (recipe or {}).get("model"))
+    opts = _options(text, negative, seed, count, steps, guidance, sampler, style, style_scale, ratio, size, switch)
+    images = plan.resolve(spec, opts, recipe)
+    if recipe and not quiet and recipe.get("model_hash") not in (None, spec.fingerprint()):
+        err.print(f"[yellow]note[/]: model '{spec.name}' differs from the one that made {from_image}; "
+                  "the image will differ")
+    from pangu_cli.runner import Runner, image_record
+
+    runner = Runner(spec, out_path, name, overwrite, quiet=quiet or as_json, console=err)
+    paths = runner.plan_paths(images)
+    if dry_run:
+        for s, path in zip(images, paths):
+            _emit_json({"path": str(path), **s.recipe()}) if as_json else out.print(
+                f"{path}  {s.width}x{s.height} ({s.ratio})  seed {s.seed}  {s.steps} steps  "
+                f"{s.sampler}  guidance {s.guidance:g}  styles {s.styles or '—'}")
+        return
+    runner.open(device, precision)
+    for i, s in enumerate(images):
+        path, seconds = runner.render(s, i + 1, len(images))
+        _emit_json(image_record(s, path, seconds)) if as_json else print(path, flush=True)
+
+
+@app.command()
+def batch(
+    source: str = typer.Argument(..., help="Prompt file: .txt (one per line), .jsonl or .csv; - reads stdin."),
+    out_path: str = typer.Option("pangu-out", "--out", "-o", help="Output folder (holds the resume manifest)."),
+    name: str = typer.Option("{id}-{seed}-{slug}.png", "--name", help="File-name template."),
+    ratio: Optional[str] = typer.Option(None, "--ratio", "-r", help="Default aspect ratio."),
+    size: Optional[str] = typer.Option(None, "--size", help="Default size WxH."),
+    style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="Default style(s)."),
+    style_scale: Optional[float] = typer.Option(None, "--style-scale", help="Multiply every style scale."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Default negative prompt."),
+    seed: int = typer.Option(0, "--seed", help="Base seed: image i of line j gets seed + j·count + i (stable, so runs resume)."),
+    count: int = typer.Option(1, "--count", "-n", help="Images per prompt."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Guidance scale."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="euler or dpmpp_2m."),
+    switch: Optional[float] = typer.Option(None, "--switch", help="Structure→texture hand-over timestep or fraction."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder."),
+    device: str = typer.Option("auto", "--device", help="auto, CPU, GPU or Ascend."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Process only part i of n (1-based), e.g. 2/4."),
+    strict: bool = typer.Option(False, "--strict", help="A bad line stops the run before anything is drawn."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="Prompt-file encoding (default: UTF-8, GB18030 detected)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be made; generate nothing."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
+) -> None:
+    """Draw every prompt of a file, resumably · 批量生成（可断点续跑）.
+
+    Re-running the same command skips images already complete (recorded in OUT/.pangu/) and makes
+    the rest. Exit code 5 if some lines could not be drawn.
+    """
+    from pangu_cli import batch as batch_files
+    from pangu_cli.models import registry
+    from pangu_cli.runner import BatchReport, Runner, image_record, plan_batch, run_batch
+
+    jobs = batch_files.read_jobs(source, encoding=encoding)
+    for warning in jobs.warnings:
+        err.print(f"[yellow]warning[/]: {warning}")
+    jobs.check(strict)
+    report = BatchReport(failed_lines=[str(e) for e in jobs.errors])
+    shard = shard or batch_files.shard_from_env()
+    selected = batch_files.shard(list(jobs), shard) if shard else list(jobs)
+    spec = registry.resolve(model)
+    opts = _options(None, negative, None, count, steps, guidance, sampler, style, style_scale, ratio, size, switch)
+    planned = plan_batch(spec, selected, opts, seed, out_path, name, strict, report)
+    runner = Runner(spec, out_path, name, overwrite=False, quiet=quiet, console=err)
+
+    def emit(item, path, seconds, status):
+        if as_json:
+            _emit_json({**image_record(item.settings, path, seconds or 0.0), "seconds": seconds,
+                        "status": status, "id": item.job.id, "line": item.job.line})
+
+    if dry_run:
+        for item in planned:
+            _emit_json({"id": item.job.id, "line": item.job.line, "key": item.key, **item.settings.recipe()}) \
+                if as_json else out.print(f"{item.job.id}  seed {item.settings.seed}  "
+                                          f"{item.settings.width}x{item.settings.height}  {item.settings.prompt}")
+        return
+    part = "manifest" if not shard else "manifest-" + shard.replace("/", "of")
+    run_batch(runner, planned, part, emit, device, precision, report, out_path)
+    for failure in report.failed_lines:
+        err.print(f"[red]failed[/] {failure}")
+    runner.note(f"{report.done} made, {report.adopted} recovered, {report.skipped} already complete, "
+                f"{len(report.failed_lines)} failed lines")
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except PanguError as exc:
+        if _State.debug:
+            err.print_exception()
+        err.print(f"[red]error[/]: {exc.one_line()}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # an unexpected failure is a bug: one line unless --debug
+        if _State.debug:
+            err.print_exception()
+        else:
+            err.print(f"[red]internal error[/]: {type(exc).__name__}: {exc} (run with --debug for details)")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

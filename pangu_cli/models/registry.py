@@ -1,0 +1,182 @@
+"""Where models live and what they are, without importing MindSpore.
+
+A model is a folder holding `model.json` (the manifest) plus the checkpoint and tokenizer files it
+names. The manifest is plain data; the loader (`pangu_cli.models.loader`) turns it into networks.
+
+    {
+      "name": "pangu-mini", "description": "...", "family": "pangu",
+      "checkpoints": {"texture": "texture.safetensors", "structure": "structure.safetensors"},
+      "unet": {...UNetModel params...},                      # both generators share one architecture
+      "vae": {"embed_dim": 4, "ddconfig": {...}, "scale_factor": 0.13025} | null (pixel space),
+      "text_encoders": [{"kind": "hf_clip" | "openclip" | "bert", "config": {...},
+                         "layer": "last" | "penultimate", "pooled": false,
+                         "tokenizer": {"kind": "wordpiece" | "clip", "path": "tokenizers/zh"},
+                         "language": "zh" | "en" | null}, ...],
+      "size_embedding": {"dim": 256},
+      "buckets": [[W, H], ...],                              # index = size-embedding input
+      "sampling": {"steps": 40, "guidance": 6.0, "sampler": "euler", "switch_t": 500,
+                   "switch_lag": true, "styles": {"art": 4.0}, "negative": ""},
+      "style_prefixes": {"art": "義 ", "anime": "饅 ", "photo": "霙 "}
+    }
+
+The `texture` checkpoint holds every network in the reference naming (`model.diffusion_model.`,
+`conditioner.embedders.N.`, `first_stage_model.`), as the reference's low-timestep checkpoint does;
+`structure` holds a second UNet (`model.diffusion_model.`) and may be absent (single-UNet model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pangu_cli.errors import ModelError, UsageError
+
+MANIFEST = "model.json"
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL = "pangu-mini"
+_FINGERPRINT_SPAN = 1 << 20
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "pangu"
+
+
+def user_registry_file() -> Path:
+    return config_dir() / "models.toml"
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    root: Path
+    manifest: dict
+    source: str  # "embedded", "user" or "path"
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def description(self) -> str:
+        return self.manifest.get("description", "")
+
+    @property
+    def buckets(self) -> list[tuple[int, int]]:
+        return [tuple(b) for b in self.manifest["buckets"]]
+
+    @property
+    def sampling(self) -> dict:
+        return dict(self.manifest.get("sampling", {}))
+
+    @property
+    def style_prefixes(self) -> dict[str, str]:
+        return dict(self.manifest.get("style_prefixes", {}))
+
+    @property
+    def two_stage(self) -> bool:
+        return "structure" in self.manifest.get("checkpoints", {})
+
+    @property
+    def latent_factor(self) -> int:
+        vae = self.manifest.get("vae")
+        if not vae:
+            return 1
+        return 2 ** (len(vae["ddconfig"]["ch_mult"]) - 1)
+
+    def path(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else self.root / path
+
+    def checkpoint(self, role: str) -> Path | None:
+        rel = self.manifest.get("checkpoints", {}).get(role)
+        return self.path(rel) if rel else None
+
+    def missing_files(self) -> list[Path]:
+        paths = [self.path(p) for p in self.manifest.get("checkpoints", {}).values()]
+        paths += [self.path(enc["tokenizer"]["path"]) for enc in self.manifest.get("text_encoders", [])]
+        return [p for p in paths if not p.exists()]
+
+    def fingerprint(self) -> str:
+        """A cheap, stable identity for metadata: manifest + size and ends of every checkpoint.
+
+        Hashing multi-GB checkpoints on every run is too slow; `pangu models verify` does the
+        full SHA-256.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode())
+            for role, rel in sorted(self.manifest.get("checkpoints", {}).items()):
+                path = self.path(rel)
+                size = path.stat().st_size if path.exists() else -1
+                digest.update(f"{role}:{size}".encode())
+                if size > 0:
+                    with open(path, "rb") as fh:
+                        digest.update(fh.read(_FINGERPRINT_SPAN))
+                        if size > _FINGERPRINT_SPAN:
+                            fh.seek(max(size - _FINGERPRINT_SPAN, _FINGERPRINT_SPAN))
+                            digest.update(fh.read())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+
+def read_manifest(folder: Path) -> dict:
+    file = folder / MANIFEST
+    if not file.is_file():
+        raise ModelError(f"no {MANIFEST} in {folder}", "point --model at a model folder, or run `pangu models`")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{file} is not valid JSON ({exc})", "repair or re-create the model folder") from exc
+    for key in ("name", "checkpoints", "unet", "text_encoders", "buckets"):
+        if key not in manifest:
+            raise ModelError(f"{file} lacks the field '{key}'", "re-create the model folder")
+    return manifest
+
+
+def _user_entries() -> dict[str, Path]:
+    file = user_registry_file()
+    if not file.is_file():
+        return {}
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{file}: {exc}", "fix the file or remove it") from exc
+    return {name: Path(entry["path"]).expanduser() for name, entry in data.get("models", {}).items()
+            if isinstance(entry, dict) and "path" in entry}
+
+
+def list_models() -> list[ModelSpec]:
+    """Embedded models first (the default leading), then user-registered ones."""
+    specs: list[ModelSpec] = []
+    if EMBEDDED_DIR.is_dir():
+        for folder in sorted(EMBEDDED_DIR.iterdir(), key=lambda p: (p.name != DEFAULT_MODEL, p.name)):
+            if (folder / MANIFEST).is_file():
+                specs.append(ModelSpec(folder.name, folder, read_manifest(folder), "embedded"))
+    for name, folder in _user_entries().items():
+        try:
+            specs.append(ModelSpec(name, folder, read_manifest(folder), "user"))
+        except ModelError:
+            specs.append(ModelSpec(name, folder, {"description": "(missing or broken)", "buckets": []}, "user"))
+    return specs
+
+
+def resolve(name_or_path: str | None) -> ModelSpec:
+    """A model by registered name, or by folder path; None → the default model."""
+    wanted = name_or_path or os.environ.get("PANGU_MODEL") or DEFAULT_MODEL
+    candidate = Path(wanted).expanduser()
+    if candidate.is_dir() and (candidate / MANIFEST).is_file():
+        manifest = read_manifest(candidate)
+        return ModelSpec(manifest["name"], candidate.resolve(), manifest, "path")
+    user = _user_entries()
+    if wanted in user:
+        return ModelSpec(wanted, user[wanted], read_manifest(user[wanted]), "user")
+    embedded = EMBEDDED_DIR / wanted
+    if (embedded / MANIFEST).is_file():
+        return ModelSpec(wanted, embedded, read_manifest(embedded), "embedded")
+    known = [s.name for s in list_models()]
+    if wanted == DEFAULT_MODEL and DEFAULT_MODEL not in known:
+        raise ModelError(f"the embedded model '{DEFAULT_MODEL}' is not installed in this build",
+                         "pass --model FOLDER (a folder with model.json) or register one with `pangu models add`")
+    raise ModelError(f"unknown model '{wanted}'",
+                     f"known models: {', '.join(known) or 'none'}; or pass a folder containing {MANIFEST}")

@@ -1,0 +1,168 @@
+"""MindSpore runtime setup: device target, execution mode, precision and CPU kernel settings.
+
+Everything that must happen before `import mindspore` (the oneDNN ISA cap) happens here, once.
+Nothing else in the package should set MindSpore context options.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from pangu_cli.errors import DeviceError, UsageError
+
+DEVICES = ("CPU", "GPU", "Ascend")
+PRECISIONS = ("fp32", "fp16", "bf16")
+MODES = ("pynative", "graph")
+
+# MindSpore's oneDNN picks an AVX-512 path on these cores whose 3x3 convolution falls back to a
+# reference kernel (~50x slower); capping the ISA at AVX2 restores the fast kernel at a ~40% matmul
+# cost. Convolutions dominate our networks, so the cap is the CPU default (see DESIGN.md tables).
+DEFAULT_CPU_ISA = "AVX2"
+ISA_ENV = "DNNL_MAX_CPU_ISA"
+
+
+@dataclass
+class RuntimeInfo:
+    device: str
+    mode: str
+    precision: str
+    cpu_isa: str | None
+    cpu_isa_source: str
+    threads: int | None
+    mindspore_version: str
+    notes: list[str] = field(default_factory=list)
+
+
+_current: RuntimeInfo | None = None
+
+
+_isa_choice: tuple[str | None, str] | None = None
+
+
+def configure_cpu_isa() -> tuple[str | None, str]:
+    """Apply the ISA cap unless the user chose one; idempotent. Returns (value, where it came from).
+
+    Must run before MindSpore is imported (oneDNN reads the variable once); `pangu_cli.models`
+    calls it on import so that every network module gets the setting.
+    """
+    global _isa_choice
+    if _isa_choice is None:
+        _isa_choice = _choose_cpu_isa()
+        # MindSpore logs warnings (deprecations, probes) to stderr at import; keep errors only
+        # unless the user asked for more.
+        os.environ.setdefault("GLOG_v", "3")
+    return _isa_choice
+
+
+def _choose_cpu_isa() -> tuple[str | None, str]:
+    user = os.environ.get("PANGU_CPU_ISA")
+    if user:
+        if user.lower() in ("default", "native", "none"):
+            os.environ.pop(ISA_ENV, None)
+            return None, "PANGU_CPU_ISA"
+        os.environ[ISA_ENV] = user.upper()
+        return user.upper(), "PANGU_CPU_ISA"
+    if ISA_ENV in os.environ:
+        return os.environ[ISA_ENV], ISA_ENV
+    os.environ[ISA_ENV] = DEFAULT_CPU_ISA
+    return DEFAULT_CPU_ISA, "pangu default"
+
+
+def mindspore_imported() -> bool:
+    import sys
+
+    return "mindspore" in sys.modules
+
+
+def normalise_device(device: str) -> str:
+    if device.lower() == "auto":
+        return "auto"
+    for name in DEVICES:
+        if device.lower() == name.lower():
+            return name
+    raise UsageError(f"unknown device '{device}'", f"use one of: auto, {', '.join(DEVICES)}")
+
+
+def setup(device: str = "auto", mode: str = "pynative", precision: str = "fp32",
+          threads: int | None = None) -> RuntimeInfo:
+    """Configure MindSpore once per process and return what was chosen.
+
+    `device="auto"` picks Ascend, then GPU, then CPU, whichever MindSpore can open.
+    """
+    global _current
+    device = normalise_device(device)
+    if mode not in MODES:
+        raise UsageError(f"unknown execution mode '{mode}'", f"use one of: {', '.join(MODES)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}'", f"use one of: {', '.join(PRECISIONS)}")
+    if _current is not None:
+        wanted = device if device != "auto" else _current.device
+        if (wanted, mode, precision) != (_current.device, _current.mode, _current.precision):
+            raise DeviceError(
+                f"MindSpore is already set up for {_current.device}/{_current.mode}/{_current.precision}",
+                "one process runs one device configuration; start a new process")
+        return _current
+
+    if _isa_choice is None and mindspore_imported():
+        isa, isa_source = os.environ.get(ISA_ENV), "not applied (MindSpore was imported first)"
+    else:
+        isa, isa_source = configure_cpu_isa()
+    import mindspore as ms
+
+    notes: list[str] = []
+    chosen = _pick_device(ms, device, notes)
+    if chosen != "CPU":
+        isa, isa_source = None, "not used off CPU"
+    if precision == "fp16" and chosen == "CPU":
+        notes.append("fp16 on CPU is slow and not more accurate; fp32 is recommended")
+    if precision == "bf16" and chosen == "GPU":
+        notes.append("bf16 needs an Ampere or newer GPU")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    if threads:
+        ms.set_context(runtime_num_threads=int(threads))
+    _current = RuntimeInfo(device=chosen, mode=mode, precision=precision, cpu_isa=isa,
+                           cpu_isa_source=isa_source, threads=threads,
+                           mindspore_version=ms.__version__, notes=notes)
+    return _current
+
+
+def device_hardware() -> dict[str, bool]:
+    """Whether a driver for each accelerator is visible (MindSpore's plugins alone are not enough)."""
+    import shutil
+    from pathlib import Path
+
+    ascend = Path("/dev/davinci0").exists() or bool(shutil.which("npu-smi")) or bool(os.environ.get("ASCEND_HOME_PATH"))
+    gpu = Path("/dev/nvidiactl").exists() or bool(shutil.which("nvidia-smi"))
+    return {"Ascend": ascend, "GPU": gpu, "CPU": True}
+
+
+def _pick_device(ms, device: str, notes: list[str]) -> str:
+    # Probing a backend without its driver makes MindSpore log errors; only probe what is present.
+    present = device_hardware()
+    candidates = [device] if device != "auto" else [d for d in ("Ascend", "GPU", "CPU") if present[d]]
+    errors = []
+    for name in candidates:
+        try:
+            ms.set_device(name)
+            if name != "CPU":
+                # set_device is lazy; a tiny op proves the backend really opens.
+                ms.Tensor([1.0]) + 1
+            return name
+        except Exception as exc:  # MindSpore raises RuntimeError/ValueError variants per backend
+            errors.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    if device == "auto":
+        raise DeviceError("no MindSpore device could be opened: " + "; ".join(errors),
+                          "check the MindSpore installation with `pangu doctor`")
+    raise DeviceError(f"device {device} is not available ({errors[0]})",
+                      "use --device CPU, or install the MindSpore build for that device")
+
+
+def current() -> RuntimeInfo | None:
+    return _current
+
+
+def compute_dtype(precision: str):
+    import mindspore as ms
+
+    return {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}[precision]
