@@ -285,6 +285,11 @@ def _segment(texts: list[str]) -> list[str]:
     return [word for text in texts for word in _tokenizer.lcut(text) if not word.isspace()]
 
 
+def segment_words(text: str) -> list[str]:
+    """jieba words of `text` (whitespace dropped): what the embedded model's Chinese tokenizer reads."""
+    return _segment([text]) if text.strip() else []
+
+
 def _import_jieba():
     import sys
 

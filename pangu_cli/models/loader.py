@@ -39,7 +39,9 @@ class LoadedModel:
 
 def build_conditioner(spec: ModelSpec) -> Conditioner:
     size = spec.manifest.get("size_embedding", {}).get("dim")
-    return Conditioner(spec.manifest["text_encoders"], size_embed_dim=size)
+    conditioning = spec.manifest.get("conditioning", {})
+    return Conditioner(spec.manifest["text_encoders"], size_embed_dim=size,
+                       routing=conditioning.get("routing", "all"), concat=conditioning.get("concat", "channels"))
 
 
 def build_vae(spec: ModelSpec) -> AutoencoderKL | None:

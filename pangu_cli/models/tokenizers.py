@@ -27,7 +27,7 @@ import numpy as np
 
 from pangu_cli.errors import ModelError
 
-KINDS = ("clip", "wordpiece")
+KINDS = ("clip", "wordpiece", "jieba")
 
 CLIP_START, CLIP_END = "<|startoftext|>", "<|endoftext|>"
 OPENCLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -114,7 +114,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
 
 
-def load_wordpiece_tokenizer(path: str | Path):
+def load_wordpiece_tokenizer(path: str | Path, split_chinese_chars: bool = True):
     """A BERT WordPiece tokenizer from `vocab.txt` (a folder holding it or `vocab_zh.txt`, or the file).
 
     The vocabulary is read as the reference reads it: one token per line, surrounding whitespace stripped,
@@ -141,7 +141,14 @@ def load_wordpiece_tokenizer(path: str | Path):
         if special not in vocab:
             raise ModelError(f"the WordPiece vocabulary {path} has no '{special}' token",
                              "use the vocab.txt that belongs to the model")
-    return BertTokenizer(vocab=vocab, do_lower_case=True, tokenize_chinese_chars=True)
+    return BertTokenizer(vocab=vocab, do_lower_case=True, tokenize_chinese_chars=split_chinese_chars)
+
+
+def load_jieba_tokenizer(path: str | Path):
+    """WordPiece over jieba words (the embedded model's Chinese tokenizer): `encode(kind="jieba")`
+    segments the text with jieba first, and this tokenizer keeps each word whole when it is in the
+    vocabulary (CJK characters are not split one by one), falling back to `##` pieces otherwise."""
+    return load_wordpiece_tokenizer(path, split_chinese_chars=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,7 +191,7 @@ def clean_clip_text(text: str) -> str:
 def _special_ids(tokenizer, kind: str) -> tuple[int, int]:
     if kind == "clip":
         start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
-    elif kind == "wordpiece":
+    elif kind in ("wordpiece", "jieba"):
         start, end = tokenizer.cls_token_id, tokenizer.sep_token_id
     else:
         raise ModelError(f"unknown tokenizer kind '{kind}'", f"use one of: {', '.join(KINDS)}")
@@ -200,7 +207,14 @@ def encode(tokenizer, texts: str | Sequence[str], max_length: int = 77, kind: st
     if max_length < 2:
         raise ModelError(f"max_length {max_length} leaves no room for the start and end tokens")
     texts = [texts] if isinstance(texts, str) else list(texts)
-    shown = [clean_clip_text(t) for t in texts] if kind == "clip" else texts
+    if kind == "clip":
+        shown = [clean_clip_text(t) for t in texts]
+    elif kind == "jieba":
+        from pangu_cli.language import segment_words
+
+        shown = [" ".join(segment_words(t)) for t in texts]
+    else:
+        shown = texts
     ids = np.full((len(texts), max_length), pad_id, dtype=np.int32)
     mask = np.zeros((len(texts), max_length), dtype=np.int32)
     truncated: list[str | None] = []

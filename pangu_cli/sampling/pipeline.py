@@ -53,6 +53,19 @@ def latent_shape(model: LoadedModel, width: int, height: int) -> tuple[int, int,
     return (1, channels, height // factor, width // factor)
 
 
+def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of (B, C, h, w) float32 to (B, C, *size), channel by channel (deterministic)."""
+    from PIL import Image
+
+    height, width = size
+    out = np.empty(x.shape[:2] + (height, width), np.float32)
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            plane = Image.fromarray(np.ascontiguousarray(x[b, c], np.float32), mode="F")
+            out[b, c] = np.asarray(plane.resize((width, height), Image.Resampling.BICUBIC), np.float32)
+    return out
+
+
 class Generator:
     """Generates images one at a time with a loaded model; the model stays loaded between calls."""
 
@@ -83,17 +96,63 @@ class Generator:
         start = time.perf_counter()
         sigmas = reference_sigmas(s.steps)
         experts = [(role, DiscreteEpsDenoiser(unet_eps_model(unet))) for role, unet in self.model.experts]
-        plan = switch_plan(sigmas, switch_t=s.switch_t, lag=s.switch_lag) if len(experts) == 2 else None
-        router = ExpertDenoiser(experts, plan) if plan else ExpertDenoiser(experts)
-        denoiser = GuidedDenoiser(router, cond.as_cond(), guidance)
-        x = initial_noise(s.seed, latent_shape(self.model, s.width, s.height), sigmas[0])
-        latent = SAMPLERS[s.sampler](denoiser, x, sigmas, callback=on_step)
+        scale = float(self.model.spec.sampling.get("structure_scale", 1.0))
+        if len(experts) == 2 and scale != 1.0:
+            latent, expert_steps = self._two_resolutions(s, experts, sigmas, cond.as_cond(), guidance, scale, on_step)
+        else:
+            plan = switch_plan(sigmas, switch_t=s.switch_t, lag=s.switch_lag) if len(experts) == 2 else None
+            router = ExpertDenoiser(experts, plan) if plan else ExpertDenoiser(experts)
+            denoiser = GuidedDenoiser(router, cond.as_cond(), guidance)
+            x = initial_noise(s.seed, latent_shape(self.model, s.width, s.height), sigmas[0])
+            latent = SAMPLERS[s.sampler](denoiser, x, sigmas, callback=on_step)
+            expert_steps = [name for _, name in router.calls]
         timings["denoise"] = time.perf_counter() - start
 
         start = time.perf_counter()
         pixels = self.decode(latent)
         timings["decode"] = time.perf_counter() - start
-        return Generated(pixels, latent, [name for _, name in router.calls], truncated, timings)
+        return Generated(pixels, latent, expert_steps, truncated, timings)
+
+    def _two_resolutions(self, s: ImageSettings, experts, sigmas, cond, guidance, scale, on_step):
+        """Structure steps at `scale` × the output size, texture steps at the output size.
+
+        At the hand-over sigma the structure model's clean estimate is resized and re-noised with fresh
+        i.i.d. noise at that sigma (x = up(x̂₀) + σ·z): resizing the noisy sample instead would blur the
+        noise and break the i.i.d. assumption the texture model was trained on (Coop-Diffusion §3.4).
+        """
+        plan = switch_plan(sigmas, switch_t=s.switch_t, lag=s.switch_lag)
+        k = plan.steps.count(0)
+        (_, structure), (_, texture) = experts
+        sampler = SAMPLERS[s.sampler]
+        high = latent_shape(self.model, s.width, s.height)
+        low = latent_shape(self.model, round(s.width * scale), round(s.height * scale))
+        calls = ["structure"] * k + ["texture"] * (len(sigmas) - 1 - k)
+        if k == 0:  # the switch lies before the first step: texture only, at the output size
+            x = initial_noise(s.seed, high, sigmas[0])
+            return sampler(GuidedDenoiser(texture, cond, guidance), x, sigmas, callback=on_step), calls
+        last = {}
+
+        def structure_step(info: dict) -> None:
+            last["denoised"] = info["denoised"]
+            if on_step is not None:
+                on_step(info)
+
+        x = initial_noise(s.seed, low, sigmas[0])
+        x = sampler(GuidedDenoiser(structure, cond, guidance), x, sigmas[:k + 1], callback=structure_step)
+        if k == len(sigmas) - 1:  # structure only: its result, brought to the output size
+            return resize(x, high[2:]), calls
+        # The hand-over uses the structure model's last clean estimate, so it is never asked about a
+        # noise level outside the range it was trained on.
+        x0 = resize(last["denoised"], high[2:])
+        fresh = np.random.RandomState((s.seed + 1) % 2**32).randn(*high).astype(np.float32)
+        x = x0 + np.float32(sigmas[k]) * fresh
+
+        def texture_step(info: dict) -> None:
+            if on_step is not None:
+                on_step({**info, "i": info["i"] + k})
+
+        x = sampler(GuidedDenoiser(texture, cond, guidance), x, sigmas[k:], callback=texture_step)
+        return x, calls
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         vae = self.model.vae
