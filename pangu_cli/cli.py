@@ -225,6 +225,72 @@ def models_show(name: str = typer.Argument(..., help="Model name or folder."),
         out.print(f"[bold]{key}[/]: {value}")
 
 
+@models_app.command("add")
+def models_add(
+    name: str = typer.Argument(..., help="Name to register, e.g. pangu-draw-v3."),
+    folder: Optional[Path] = typer.Argument(None, help="A model folder with model.json, or a folder holding the "
+                                                        "official checkpoints and tokenizer files."),
+    structure: Optional[Path] = typer.Option(None, "--structure", help="pangu_high_timestamp-c6344411.ckpt"),
+    texture: Optional[Path] = typer.Option(None, "--texture", help="pangu_low_timestamp-127da122.ckpt"),
+    text_encoders: Optional[Path] = typer.Option(None, "--text-encoders",
+                                                 help="Text-encoder weights (file or folder), if not in --texture."),
+    vae: Optional[Path] = typer.Option(None, "--vae", help="Autoencoder weights, if not in --texture."),
+    tokenizers: Optional[Path] = typer.Option(None, "--tokenizers",
+                                              help="Folder with vocab_zh.txt / vocab.txt and the CLIP BPE files."),
+    force: bool = typer.Option(False, "--force", help="Replace a model registered under the same name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Register PanGu-Draw 3.0 checkpoints you own · 注册模型."""
+    from pangu_cli.models.official import add_model
+
+    result = add_model(name, folder, structure=structure, texture=texture, text_encoders=text_encoders, vae=vae,
+                       tokenizers=tokenizers, force=force)
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    out.print(f"registered [bold]{result.name}[/] → {result.folder} (in {result.registry_file})")
+    for note in result.notes:
+        err.print(f"  {note}")
+    err.print(f"check the files with: pangu models verify {result.name}")
+
+
+@models_app.command("verify")
+def models_verify(
+    name: str = typer.Argument(..., help="Model name or folder."),
+    no_hash: bool = typer.Option(False, "--no-hash", help="Skip the SHA-256 of the official files."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check a model's files, hashes, tokenizers and checkpoint keys · 校验模型文件."""
+    from contextlib import nullcontext
+
+    from pangu_cli import runtime
+    from pangu_cli.models import registry
+    from pangu_cli.models.official import rich_hash_progress, verify_model
+
+    spec = registry.resolve(name)
+    runtime.setup("CPU")  # builds the networks without weights to read their key sets
+    with (nullcontext(None) if as_json else rich_hash_progress(err)) as progress:
+        report = verify_model(spec, hashes=not no_hash, progress=progress)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        for check in report.checks:
+            colour, word = ("green", "ok") if check.ok else ("red", "fail")
+            out.print(f"[{colour}]{word:>4}[/]  {check.name}: {check.detail}")
+        for note in report.notes:
+            err.print(f"  note: {note}")
+    if not report.ok:
+        raise typer.Exit(3)
+
+
+def _set_offload(offload: bool) -> None:
+    """--offload reaches the loader through PANGU_OFFLOAD, which users may also set."""
+    if offload:
+        import os
+
+        os.environ["PANGU_OFFLOAD"] = "1"
+
+
 # --------------------------------------------------------------------------------------------- show
 
 @app.command()
@@ -269,18 +335,6 @@ def _options(prompt, negative, seed, count, steps, guidance, sampler, style, sty
                    switch=switch)
 
 
-def _validate_early(prompt: str | None, ratio: str | None, size: str | None) -> None:
-    """Input errors before model errors: a bad prompt or ratio is reported even without a model."""
-    from pangu_cli import plan, ratios
-
-    if prompt is not None:
-        plan.clean_prompt(prompt)
-    if ratio:
-        ratios.parse_ratio(ratio)
-    if size:
-        ratios.parse_size(size)
-
-
 @app.command()
 def draw(
     prompt: Optional[str] = typer.Argument(None, help="The prompt (中文, English or mixed), or - for stdin."),
@@ -298,6 +352,8 @@ def draw(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder (default: pangu-mini)."),
     device: str = typer.Option("auto", "--device", help="auto, CPU, GPU or Ascend."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
+    offload: bool = typer.Option(False, "--offload", help="Keep one UNet in memory at a time (two-stage models): "
+                                 "about half the UNet memory, the texture UNet loads at the switch."),
     out_path: Optional[str] = typer.Option(None, "--out", "-o", help="Output file (.png) or folder."),
     name: str = typer.Option("{date}-{seed}-{slug}.png", "--name", help="File-name template inside a folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
@@ -318,16 +374,16 @@ def draw(
     elif prompt is None:
         raise UsageError("missing PROMPT", 'give a prompt, e.g. pangu draw "一只红色的猫", or --from IMAGE.png')
     text = _read_text_arg(prompt, "prompt") if prompt is not None else None
-    _validate_early(text, ratio, size)
-    spec = registry.resolve(model or (recipe or {}).get("model"))
     opts = _options(text, negative, seed, count, steps, guidance, sampler, style, style_scale, ratio, size, switch)
+    plan.check_options(opts)  # input errors before model errors
+    spec = registry.resolve(model or (recipe or {}).get("model"))
     images = plan.resolve(spec, opts, recipe)
     if recipe and not quiet and recipe.get("model_hash") not in (None, spec.fingerprint()):
         err.print(f"[yellow]note[/]: model '{spec.name}' differs from the one that made {from_image}; "
                   "the image will differ")
     from pangu_cli.runner import Runner, image_record
 
-    runner = Runner(spec, out_path, name, overwrite, quiet=quiet or as_json, console=err)
+    runner = Runner(spec, out_path, name, overwrite, quiet=quiet, console=err)
     paths = runner.plan_paths(images)
     if dry_run:
         for s, path in zip(images, paths):
@@ -335,6 +391,7 @@ def draw(
                 f"{path}  {s.width}x{s.height} ({s.ratio})  seed {s.seed}  {s.steps} steps  "
                 f"{s.sampler}  guidance {s.guidance:g}  styles {s.styles or '—'}")
         return
+    _set_offload(offload)
     runner.open(device, precision)
     for i, s in enumerate(images):
         path, seconds = runner.render(s, i + 1, len(images))
@@ -360,6 +417,8 @@ def batch(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder."),
     device: str = typer.Option("auto", "--device", help="auto, CPU, GPU or Ascend."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
+    offload: bool = typer.Option(False, "--offload", help="Keep one UNet in memory at a time (two-stage models): "
+                                 "about half the UNet memory, the texture UNet loads at the switch."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Process only part i of n (1-based), e.g. 2/4."),
     strict: bool = typer.Option(False, "--strict", help="A bad line stops the run before anything is drawn."),
     encoding: Optional[str] = typer.Option(None, "--encoding", help="Prompt-file encoding (default: UTF-8, GB18030 detected)."),
@@ -373,6 +432,7 @@ def batch(
     the rest. Exit code 5 if some lines could not be drawn.
     """
     from pangu_cli import batch as batch_files
+    from pangu_cli import plan
     from pangu_cli.models import registry
     from pangu_cli.runner import BatchReport, Runner, image_record, plan_batch, run_batch
 
@@ -383,14 +443,16 @@ def batch(
     report = BatchReport(failed_lines=[str(e) for e in jobs.errors])
     shard = shard or batch_files.shard_from_env()
     selected = batch_files.shard(list(jobs), shard) if shard else list(jobs)
-    spec = registry.resolve(model)
     opts = _options(None, negative, None, count, steps, guidance, sampler, style, style_scale, ratio, size, switch)
+    plan.check_options(opts)  # a bad flag is a usage error, not a failure of every line
+    spec = registry.resolve(model)
     planned = plan_batch(spec, selected, opts, seed, out_path, name, strict, report)
     runner = Runner(spec, out_path, name, overwrite=False, quiet=quiet, console=err)
 
     def emit(item, path, seconds, status):
         if as_json:
-            _emit_json({**image_record(item.settings, path, seconds or 0.0), "seconds": seconds,
+            _emit_json({**image_record(item.settings, path, seconds or 0.0),
+                        "seconds": None if seconds is None else round(seconds, 3),
                         "status": status, "id": item.job.id, "line": item.job.line})
 
     if dry_run:
@@ -398,8 +460,13 @@ def batch(
             _emit_json({"id": item.job.id, "line": item.job.line, "key": item.key, **item.settings.recipe()}) \
                 if as_json else out.print(f"{item.job.id}  seed {item.settings.seed}  "
                                           f"{item.settings.width}x{item.settings.height}  {item.settings.prompt}")
+        for failure in report.failed_lines:  # a dry run is how one checks a file: name its bad lines
+            err.print(f"[red]failed[/] {failure}")
+        if report.exit_code:
+            raise typer.Exit(report.exit_code)
         return
     part = "manifest" if not shard else "manifest-" + shard.replace("/", "of")
+    _set_offload(offload)
     run_batch(runner, planned, part, emit, device, precision, report, out_path)
     for failure in report.failed_lines:
         err.print(f"[red]failed[/] {failure}")
@@ -436,4 +503,6 @@ def main(argv: list[str] | None = None) -> None:
         else:
             err.print(f"[red]internal error[/]: {type(exc).__name__}: {exc} (run with --debug for details)")
         sys.exit(1)
+    if code == 130:  # Typer turns KeyboardInterrupt into a returned 130, silently
+        err.print("interrupted — finished images are kept; run the same command again to resume")
     sys.exit(code if isinstance(code, int) else 0)

@@ -38,7 +38,10 @@ def run_checks() -> list[dict]:
     checks.append(_check("numpy", status, numpy.__version__ + ("" if status == "ok" else " (MindSpore 2.10 needs numpy<2)")))
     checks.append(_check("cpu isa", "ok", f"{runtime.ISA_ENV}={isa or 'unset (native)'} from {isa_source}; "
                                           "override with PANGU_CPU_ISA=AVX512_CORE|AVX2|default"))
-    checks.append(_check("cpu threads", "ok", f"{os.cpu_count()} cores visible"))
+    checks.append(_check("cpu threads", "ok", f"{os.cpu_count()} cores visible; MindSpore runtime_num_threads = "
+                                              f"{os.environ.get(runtime.THREADS_ENV) or runtime.cpu_cores()} on CPU; "
+                                              f"override with {runtime.THREADS_ENV}=N"))
+    checks.append(_cpu_kernels_check())
 
     from pangu_cli.models import registry
 
@@ -54,3 +57,19 @@ def run_checks() -> list[dict]:
     checks.append(_check("output folder", "ok" if writable else "warn",
                          f"{cwd} is {'writable' if writable else 'not writable; use --out'}"))
     return checks
+
+
+def _cpu_kernels_check() -> dict:
+    """pangu's CPU kernels (GroupNorm+SiLU, oneDNN convolutions): built or not, and what serves a conv."""
+    from pangu_cli.models import fast_ops
+
+    library = fast_ops.prepare()
+    override = f"override with {fast_ops.ENV_SWITCH}=0|1"
+    if not library.ready:
+        return _check("cpu kernels", "warn" if fast_ops.switch() != "off" else "ok",
+                      f"{library.reason}; {override}")
+    impl = fast_ops.conv_implementation("forward", (1, 64, 32, 32), (64, 64, 3, 3))
+    kinds = fast_ops.enabled_kinds() or [k for k in fast_ops.KINDS if k in fast_ops._kinds_from_env()]
+    return _check("cpu kernels", "ok", f"pangu fast kernels on CPU: {', '.join(kinds)} (conv via oneDNN {impl}); "
+                                       f"{library.path}; {override} or a subset of kinds")
+

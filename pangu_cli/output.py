@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import string
+import tempfile
 import time
 import unicodedata
 from datetime import datetime
@@ -326,6 +327,12 @@ def check_writable_folder(folder: Path) -> None:
         raise UsageError(f"cannot create folder {folder}: {probe} is a file", "choose another --out")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"folder {probe} is not writable", _FIX_PERMISSIONS)
+    # os.access says yes to root everywhere (even /proc); creating a file is the real test.
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise UsageError(f"folder {probe} is not writable ({exc.strerror})", _FIX_PERMISSIONS) from None
 
 
 # --------------------------------------------------------------------------------------------- writing

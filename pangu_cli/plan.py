@@ -70,9 +70,14 @@ def _number(value: Any, name: str, kind=float, low: float | None = None, high: f
     if kind is float and not math.isfinite(number):
         raise UsageError(f"{name} must be finite", f"give {name} as a number")
     if (low is not None and number < low) or (high is not None and number > high):
-        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        bounds = f"between {_plain(low)} and {_plain(high)}" if high is not None else f"at least {_plain(low)}"
         raise UsageError(f"{name} {value} is out of range", f"{name} must be {bounds}")
     return number
+
+
+def _plain(bound: float) -> str:
+    """4294967295, not 4.29497e+09."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def resolve_sampler(name: str) -> str:
@@ -118,6 +123,35 @@ def resolve_styles(spec: ModelSpec, opts: Options) -> tuple[dict[str, float], fl
     factor = 1.0 if opts.style_scale is None else _number(opts.style_scale, "style-scale", float, 0)
     resolved = presets.resolve_styles(chosen, library, factor)
     return {k: v for k, v in resolved.scales.items() if v}, resolved.guidance, resolved.negative
+
+
+def check_options(opts: Options) -> None:
+    """Validate what can be checked without a model (the options given; None is skipped), so that bad
+    command-line input is a usage error before any model is looked up, and a batch does not blame
+    every line for a bad flag."""
+    from pangu_cli.ratios import parse_ratio
+
+    if opts.prompt is not None:
+        clean_prompt(opts.prompt)
+    limits = {"count": (int, 1, MAX_COUNT), "steps": (int, 1, MAX_STEPS), "guidance": (float, 0, 100),
+              "seed": (int, 0, 2**32 - 1), "style_scale": (float, 0, None)}
+    for name, (kind, low, high) in limits.items():
+        value = getattr(opts, name)
+        if value is not None:
+            _number(value, name.replace("_", "-"), kind, low, high)
+    if opts.sampler is not None:
+        resolve_sampler(opts.sampler)
+    resolve_switch(opts.switch, 0)
+    if opts.size and opts.ratio:
+        raise UsageError("--size and --ratio both given", "give one of them")
+    if opts.ratio:
+        parse_ratio(opts.ratio)
+    if opts.size:
+        parse_size(opts.size)
+    if opts.style:
+        from pangu_cli import presets
+
+        presets.parse_style_spec(opts.style, presets.load_presets())
 
 
 def resolve(spec: ModelSpec, opts: Options, recipe: dict | None = None) -> list[ImageSettings]:

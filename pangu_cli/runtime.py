@@ -15,11 +15,14 @@ DEVICES = ("CPU", "GPU", "Ascend")
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODES = ("pynative", "graph")
 
-# MindSpore's oneDNN picks an AVX-512 path on these cores whose 3x3 convolution falls back to a
-# reference kernel (~50x slower); capping the ISA at AVX2 restores the fast kernel at a ~40% matmul
-# cost. Convolutions dominate our networks, so the cap is the CPU default (see DESIGN.md tables).
+# MindSpore's own convolutions hand oneDNN plain NCHW tensors: on AVX-512 that selects a reference
+# kernel (~100x slower), under an AVX2 cap im2col+gemm. With pangu's fast kernels (models/fast_ops.py)
+# no MindSpore convolution runs, so the ISA stays native (AVX-512 kernels for the fast convolutions and
+# sgemm: a training step 1.25x faster than under the cap, bench/PERF.md); without them the cap is
+# the default.
 DEFAULT_CPU_ISA = "AVX2"
 ISA_ENV = "DNNL_MAX_CPU_ISA"
+THREADS_ENV = "PANGU_CPU_THREADS"  # MindSpore runtime_num_threads on CPU; default: one per usable core
 
 
 @dataclass
@@ -32,6 +35,10 @@ class RuntimeInfo:
     threads: int | None
     mindspore_version: str
     notes: list[str] = field(default_factory=list)
+    # pangu's CPU kernels (models/fast_ops.py): used by networks built after setup when True
+    fast_kernels: bool = False
+    fast_kernels_detail: str = ""
+    fast_kernel_kinds: tuple[str, ...] = ()
 
 
 _current: RuntimeInfo | None = None
@@ -65,6 +72,15 @@ def _choose_cpu_isa() -> tuple[str | None, str]:
         return user.upper(), "PANGU_CPU_ISA"
     if ISA_ENV in os.environ:
         return os.environ[ISA_ENV], ISA_ENV
+    # Importing the package may run configure_cpu_isa() again (pangu_cli.models calls it on import);
+    # that inner call then decides, and this one returns its choice.
+    from pangu_cli.models import fast_ops
+
+    if _isa_choice is not None:
+        return _isa_choice
+    library = fast_ops.prepare()
+    if library.ready and "conv" in fast_ops.requested_kinds():
+        return None, "pangu default with fast kernels (no MindSpore convolutions run)"
     os.environ[ISA_ENV] = DEFAULT_CPU_ISA
     return DEFAULT_CPU_ISA, "pangu default"
 
@@ -94,10 +110,11 @@ def setup(device: str = "auto", mode: str = "pynative", precision: str = "fp32",
     device = normalise_device(device)
     if mode not in MODES:
         raise UsageError(f"unknown execution mode '{mode}'", f"use one of: {', '.join(MODES)}")
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision '{precision}'", f"use one of: {', '.join(PRECISIONS)}")
+    if precision not in PRECISIONS + ("auto",):
+        raise UsageError(f"unknown precision '{precision}'", f"use one of: auto, {', '.join(PRECISIONS)}")
     if _current is not None:
         wanted = device if device != "auto" else _current.device
+        precision = resolve_precision(precision, wanted)
         if (wanted, mode, precision) != (_current.device, _current.mode, _current.precision):
             raise DeviceError(
                 f"MindSpore is already set up for {_current.device}/{_current.mode}/{_current.precision}",
@@ -112,6 +129,7 @@ def setup(device: str = "auto", mode: str = "pynative", precision: str = "fp32",
 
     notes: list[str] = []
     chosen = _pick_device(ms, device, notes)
+    precision = resolve_precision(precision, chosen)
     if chosen != "CPU":
         isa, isa_source = None, "not used off CPU"
     if precision == "fp16" and chosen == "CPU":
@@ -119,12 +137,31 @@ def setup(device: str = "auto", mode: str = "pynative", precision: str = "fp32",
     if precision == "bf16" and chosen == "GPU":
         notes.append("bf16 needs an Ampere or newer GPU")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    if not threads and os.environ.get(THREADS_ENV, "").strip().isdigit():
+        threads = int(os.environ[THREADS_ENV]) or None
+    if not threads and chosen == "CPU":
+        # MindSpore's CPU thread pool defaults to ~25-30 threads whatever the core count; on 2 cores
+        # that oversubscription cost a training step 1.3x its CPU time and 1.7x its wall time.
+        threads = cpu_cores()
     if threads:
         ms.set_context(runtime_num_threads=int(threads))
+    from pangu_cli.models import fast_ops
+
+    kernels = fast_ops.configure(chosen)
     _current = RuntimeInfo(device=chosen, mode=mode, precision=precision, cpu_isa=isa,
                            cpu_isa_source=isa_source, threads=threads,
-                           mindspore_version=ms.__version__, notes=notes)
+                           mindspore_version=ms.__version__, notes=notes,
+                           fast_kernels=fast_ops.enabled(), fast_kernels_detail=kernels.reason,
+                           fast_kernel_kinds=fast_ops.enabled_kinds())
     return _current
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def device_hardware() -> dict[str, bool]:
@@ -166,3 +203,29 @@ def compute_dtype(precision: str):
     import mindspore as ms
 
     return {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}[precision]
+
+
+# Accelerators (Ascend / GPU): what MindONE's pangu_sampling.py does there. Untested here (CPU-only machines).
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`auto` → fp16 on Ascend and GPU (weights stored in fp16, AMP O2, as the reference), fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    return "fp16" if device in ("Ascend", "GPU") else "fp32"
+
+
+def accelerator_options(device: str) -> dict:
+    """Per-device network options the loader applies.
+
+    jit: compile the UNet's construct with `ms.jit` (the reference decorates it); flash_attention: MindSpore's
+    fused `ops.flash_attention_score` (Ascend kernels only) where MindONE used FlashAttention; offload_cache: where
+    `--offload` keeps the idle UNet's weights (host RAM beside an accelerator; on CPU, RAM is what offload saves,
+    so the weights are re-read from their file).
+    """
+    on_accelerator = device in ("Ascend", "GPU")
+    flash = False
+    if device == "Ascend":
+        from mindspore import ops
+
+        flash = hasattr(ops, "flash_attention_score")
+    return {"jit": on_accelerator, "flash_attention": flash, "offload_cache": "host" if on_accelerator else "disk"}

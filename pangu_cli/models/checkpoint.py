@@ -32,6 +32,9 @@ def load_state(path: str | os.PathLike, prefix: str = "") -> dict[str, np.ndarra
     fmt = _format_of(path)
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path}", "check the path, or run `pangu models`")
+    if path.stat().st_size == 0:  # MindSpore would blame its filter arguments
+        raise ModelError(f"cannot read checkpoint {path.name}: the file is empty",
+                         "the file is corrupt or truncated; copy it again")
     try:
         if fmt == ".safetensors":
             from safetensors.numpy import load_file
@@ -42,7 +45,8 @@ def load_state(path: str | os.PathLike, prefix: str = "") -> dict[str, np.ndarra
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"cannot read checkpoint {path.name}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise ModelError(f"cannot read checkpoint {path.name}: {reason}",
                          "the file is corrupt or truncated; copy it again") from exc
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -80,7 +84,9 @@ def save_state(state: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
                                 for k, v in state.items()], tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        # MindSpore writes a .ckpt through its own sidecar (the name with suffix .tmp), left on failure.
+        for leftover in (Path(tmp), Path(tmp).with_suffix(".tmp")):
+            leftover.unlink(missing_ok=True)
         raise
     return path
 

@@ -22,6 +22,12 @@ names. The manifest is plain data; the loader (`pangu_cli.models.loader`) turns 
 The `texture` checkpoint holds every network in the reference naming (`model.diffusion_model.`,
 `conditioner.embedders.N.`, `first_stage_model.`), as the reference's low-timestep checkpoint does;
 `structure` holds a second UNet (`model.diffusion_model.`) and may be absent (single-UNet model).
+Text-encoder and autoencoder weights may also come as separate files: the roles `text_encoders` and
+`vae` name them, and any role may name a list of files (merged in order, later files win, as the
+reference merges its `--weight` list). Paths are relative to the model folder or absolute.
+
+User models are registered in `models.toml` in the config folder (`[models.NAME] path = FOLDER`);
+`pangu models add` writes the manifest of a generated model into `<config>/models/NAME/`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,11 +98,21 @@ class ModelSpec:
         return path if path.is_absolute() else self.root / path
 
     def checkpoint(self, role: str) -> Path | None:
-        rel = self.manifest.get("checkpoints", {}).get(role)
-        return self.path(rel) if rel else None
+        """The (first) file of a checkpoint role, or None."""
+        files = self.checkpoint_files(role)
+        return files[0] if files else None
+
+    def checkpoint_files(self, role: str) -> list[Path]:
+        """Every file of a role (`checkpoints.ROLE` is a path or a list of paths), in merge order."""
+        entry = self.manifest.get("checkpoints", {}).get(role)
+        entries = [entry] if isinstance(entry, str) else list(entry or [])
+        return [self.path(p) for p in entries]
+
+    def all_checkpoint_files(self) -> list[tuple[str, Path]]:
+        return [(role, path) for role in self.manifest.get("checkpoints", {}) for path in self.checkpoint_files(role)]
 
     def missing_files(self) -> list[Path]:
-        paths = [self.path(p) for p in self.manifest.get("checkpoints", {}).values()]
+        paths = [path for _, path in self.all_checkpoint_files()]
         paths += [self.path(enc["tokenizer"]["path"]) for enc in self.manifest.get("text_encoders", [])]
         return [p for p in paths if not p.exists()]
 
@@ -106,8 +124,7 @@ class ModelSpec:
         """
         if self._fingerprint is None:
             digest = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode())
-            for role, rel in sorted(self.manifest.get("checkpoints", {}).items()):
-                path = self.path(rel)
+            for role, path in sorted(self.all_checkpoint_files()):
                 size = path.stat().st_size if path.exists() else -1
                 digest.update(f"{role}:{size}".encode())
                 if size > 0:
@@ -180,3 +197,92 @@ def resolve(name_or_path: str | None) -> ModelSpec:
                          "pass --model FOLDER (a folder with model.json) or register one with `pangu models add`")
     raise ModelError(f"unknown model '{wanted}'",
                      f"known models: {', '.join(known) or 'none'}; or pass a folder containing {MANIFEST}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registering user models
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def user_models_dir() -> Path:
+    """Where `pangu models add` puts the manifests it generates."""
+    return config_dir() / "models"
+
+
+def check_model_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise UsageError(f"invalid model name '{name}'",
+                         "use letters, digits, '.', '_' or '-' (at most 64 characters), e.g. pangu-draw-v3")
+    return name
+
+
+def register_model(name: str, folder: Path, force: bool = False) -> Path:
+    """Record `name → folder` in the user's models.toml (atomically); returns the registry file.
+
+    The folder must hold a valid model.json. An existing name is replaced only with `force`.
+    """
+    check_model_name(name)
+    folder = Path(folder).expanduser().resolve()
+    read_manifest(folder)
+    if (EMBEDDED_DIR / name / MANIFEST).is_file():
+        raise UsageError(f"'{name}' is the name of an embedded model", "choose another name")
+    file = user_registry_file()
+    data: dict = {}
+    if file.is_file():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{file}: {exc}", "fix the file or remove it") from exc
+    models = data.setdefault("models", {})
+    if not isinstance(models, dict):
+        raise UsageError(f"{file}: 'models' is not a table", "fix the file or remove it")
+    current = models.get(name)
+    if isinstance(current, dict) and not force and Path(current.get("path", "")).expanduser().resolve() != folder:
+        raise UsageError(f"a model named '{name}' is already registered ({current.get('path')})",
+                         "pass --force to replace it, or choose another name")
+    models[name] = {**(current if isinstance(current, dict) else {}), "path": str(folder)}
+    write_atomic(file, _dump_toml(data))
+    return file
+
+
+def write_atomic(file: Path, text: str) -> None:
+    """Replace `file` with `text` in one step (temporary file in the same folder, then rename)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise UsageError(f"cannot write {type(value).__name__} values to models.toml")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _dump_toml(data: dict, path: tuple[str, ...] = ()) -> str:
+    """TOML for the nested tables of scalars that models.toml holds (comments are not kept)."""
+    values = [(k, v) for k, v in data.items() if not isinstance(v, dict)]
+    tables = [(k, v) for k, v in data.items() if isinstance(v, dict)]
+    text = ""
+    if path and (values or not tables):
+        text = "[" + ".".join(_toml_key(k) for k in path) + "]\n"
+    text += "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in values)
+    for key, value in tables:
+        text += ("\n" if text else "") + _dump_toml(value, path + (key,))
+    return text

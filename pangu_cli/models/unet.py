@@ -13,7 +13,9 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from pangu_cli.errors import ModelError
-from pangu_cli.models.layers import conv2d, group_norm, layer_norm, timestep_embedding, zero_init
+from pangu_cli.models import fast_ops
+from pangu_cli.models.layers import (Conv2d, Dense, Softmax, conv2d, group_norm, layer_norm, timestep_embedding,
+                                     zero_init)
 
 GROUPS = 32  # GroupNorm groups everywhere in the reference
 RESBLOCK_NORM_EPS = 1e-5
@@ -52,7 +54,7 @@ class ResBlock(nn.Cell):
             nn.SiLU(),
             conv2d(channels, out_channels, 3, padding=1),
         ])
-        self.emb_layers = nn.SequentialCell([nn.SiLU(), nn.Dense(emb_channels, out_channels)])
+        self.emb_layers = nn.SequentialCell([nn.SiLU(), Dense(emb_channels, out_channels)])
         self.out_layers = nn.SequentialCell([
             group_norm(out_channels, RESBLOCK_NORM_EPS, GROUPS),
             nn.SiLU(),
@@ -64,21 +66,22 @@ class ResBlock(nn.Cell):
             self.skip_connection = conv2d(channels, out_channels, 1)
 
     def construct(self, x, emb, context=None):
-        h = self.in_layers(x)
+        # norm+SiLU as one call (in_layers.1 / out_layers.1 are the SiLUs it fuses): one kernel on CPU
+        h = self.in_layers[2](self.in_layers[0].forward_silu(x))
         h = h + self.emb_layers(emb)[:, :, None, None]
-        h = self.out_layers(h)
+        h = self.out_layers[3](self.out_layers[2](self.out_layers[0].forward_silu(h)))
         skip = self.skip_connection(x) if self.has_skip_conv else x
         return skip + h
 
 
-class InputConv(nn.Conv2d):
+class InputConv(Conv2d):
     """The 3x3 input conv as a stage block (a Conv2d subclass, so its names stay `weight`/`bias`)."""
 
     def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(in_channels, out_channels, 3, pad_mode="pad", padding=1, has_bias=True)
+        super().__init__(in_channels, out_channels, 3, padding=1)
 
     def construct(self, x, emb=None, context=None):
-        return super().construct(x)
+        return self.convolve(x)
 
 
 class Downsample(nn.Cell):
@@ -107,7 +110,7 @@ _batch_matmul = ops.BatchMatMul()
 _batch_matmul_nt = ops.BatchMatMul(transpose_b=True)
 
 
-def attention(q, k, v, heads: int, scale: float):
+def attention(q, k, v, heads: int, scale: float, softmax=None):
     """Softmax attention of (B, N, heads·d) queries over (B, M, heads·d) keys/values, in fp32.
 
     One head-split transpose per operand and one merge at the end; the key transpose is folded into
@@ -120,7 +123,8 @@ def attention(q, k, v, heads: int, scale: float):
     q = (q * scale).reshape(b, n, heads, d).transpose(0, 2, 1, 3)   # B h N d
     k = k.reshape(b, m, heads, d).transpose(0, 2, 1, 3)             # B h M d
     v = v.reshape(b, m, heads, d).transpose(0, 2, 1, 3)             # B h M d
-    weights = ops.softmax(_batch_matmul_nt(q, k), axis=-1)         # B h N M
+    scores = _batch_matmul_nt(q, k)                                  # B h N M
+    weights = ops.softmax(scores, axis=-1) if softmax is None else softmax(scores)
     out = _batch_matmul(weights, v)                                  # B h N d
     return out.transpose(0, 2, 1, 3).reshape(b, n, inner)
 
@@ -135,14 +139,23 @@ class CrossAttention(nn.Cell):
         context_dim = context_dim or query_dim
         self.heads = heads
         self.scale = dim_head ** -0.5
-        self.to_q = nn.Dense(query_dim, inner, has_bias=False)
-        self.to_k = nn.Dense(context_dim, inner, has_bias=False)
-        self.to_v = nn.Dense(context_dim, inner, has_bias=False)
-        self.to_out = nn.SequentialCell([nn.Dense(inner, query_dim), nn.Dropout(p=dropout)])
+        self.to_q = Dense(query_dim, inner, has_bias=False)
+        self.to_k = Dense(context_dim, inner, has_bias=False)
+        self.to_v = Dense(context_dim, inner, has_bias=False)
+        self.to_out = nn.SequentialCell([Dense(inner, query_dim), nn.Dropout(p=dropout)])
+        self.softmax = Softmax()
+        self.use_fast = fast_ops.enabled("attention")
+        if self.use_fast:  # heads read in place, no head-split transposes, one kernel each way
+            self.fast_attention = fast_ops.attention_primitive(heads)
+            self.fast_config = fast_ops.attention_config(heads, self.scale)
 
     def construct(self, x, context=None):
         context = x if context is None else context
-        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, self.scale)
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if self.use_fast and q.dtype == ms.float32:
+            out = self.fast_attention(q, k, v, self.fast_config)[0]
+        else:
+            out = attention(q, k, v, self.heads, self.scale, self.softmax)
         return self.to_out(out)
 
 
@@ -151,10 +164,16 @@ class GEGLU(nn.Cell):
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = nn.Dense(dim_in, dim_out * 2)
+        self.proj = Dense(dim_in, dim_out * 2)
+        self.use_fast = fast_ops.enabled("geglu")
+        if self.use_fast:
+            self.fast_geglu = fast_ops.geglu_primitive()  # one pass each way instead of erf's op chain
 
     def construct(self, x):
-        value, gate = ops.chunk(self.proj(x), 2, axis=-1)
+        h = self.proj(x)
+        if self.use_fast and h.dtype == ms.float32:
+            return self.fast_geglu(h)
+        value, gate = ops.chunk(h, 2, axis=-1)
         return value * ops.gelu(gate, approximate="none")
 
 
@@ -162,7 +181,7 @@ class FeedForward(nn.Cell):
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
         inner = dim * mult
-        self.net = nn.SequentialCell([GEGLU(dim, inner), nn.Dropout(p=dropout), nn.Dense(inner, dim)])
+        self.net = nn.SequentialCell([GEGLU(dim, inner), nn.Dropout(p=dropout), Dense(inner, dim)])
 
     def construct(self, x):
         return self.net(x)
@@ -199,8 +218,8 @@ class SpatialTransformer(nn.Cell):
         self.use_linear = use_linear
         self.norm = group_norm(channels, TRANSFORMER_NORM_EPS, GROUPS)
         if use_linear:
-            self.proj_in = nn.Dense(channels, inner)
-            self.proj_out = zero_init(nn.Dense(inner, channels))
+            self.proj_in = Dense(channels, inner)
+            self.proj_out = zero_init(Dense(inner, channels))
         else:
             self.proj_in = conv2d(channels, inner, 1)
             self.proj_out = zero_init(conv2d(inner, channels, 1))
@@ -355,11 +374,11 @@ class UNetModel(nn.Cell):
             heads, dim_head = cfg["head_split"][ch]
             return SpatialTransformer(ch, heads, dim_head, depth, cfg["context_dim"], cfg["use_linear"], dropout)
 
-        self.time_embed = nn.SequentialCell([nn.Dense(mc, emb_dim), nn.SiLU(), nn.Dense(emb_dim, emb_dim)])
+        self.time_embed = nn.SequentialCell([Dense(mc, emb_dim), nn.SiLU(), Dense(emb_dim, emb_dim)])
         self.has_label_emb = cfg["adm_in_channels"] is not None
         if self.has_label_emb:
             self.label_emb = nn.SequentialCell([nn.SequentialCell([
-                nn.Dense(cfg["adm_in_channels"], emb_dim), nn.SiLU(), nn.Dense(emb_dim, emb_dim)])])
+                Dense(cfg["adm_in_channels"], emb_dim), nn.SiLU(), Dense(emb_dim, emb_dim)])])
 
         input_blocks = [TimestepEmbedSequential([InputConv(cfg["in_channels"], mc)])]
         skip_channels = [mc]
@@ -434,4 +453,4 @@ class UNetModel(nn.Cell):
         for block in self.output_blocks:
             h = block(ops.cat([h, skips[last]], axis=1), emb, context)
             last -= 1
-        return self.out(h)
+        return self.out[2](self.out[0].forward_silu(h))  # out.1 is the SiLU fused into the norm

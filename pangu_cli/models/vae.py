@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from pangu_cli.errors import ModelError
-from pangu_cli.models.layers import conv2d, group_norm
+from pangu_cli.models.layers import GroupNorm, conv2d, group_norm
 
 SDXL_SCALE_FACTOR = 0.13025
 LOGVAR_RANGE = (-30.0, 20.0)  # the reference clamps the posterior log-variance to this range
@@ -59,7 +59,7 @@ def _checked_ddconfig(ddconfig: dict) -> dict:
     return config
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+def _norm(channels: int) -> GroupNorm:
     return group_norm(channels, eps=1e-6, groups=32)
 
 
@@ -78,8 +78,8 @@ class ResnetBlock(nn.Cell):
             self.nin_shortcut = conv2d(in_channels, out_channels, 1)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        h = self.conv1(ops.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(ops.silu(self.norm2(h))))
+        h = self.conv1(self.norm1.forward_silu(x))
+        h = self.conv2(self.dropout(self.norm2.forward_silu(h)))
         if self.has_shortcut:
             x = self.nin_shortcut(x)
         return x + h
@@ -198,7 +198,7 @@ class Encoder(nn.Cell):
             if i_level != self.num_levels - 1:
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(ops.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out.forward_silu(h))
 
 
 class Decoder(nn.Cell):
@@ -236,7 +236,7 @@ class Decoder(nn.Cell):
             h = level(h)
             if i_level != 0:
                 h = level.upsample(h)
-        return self.conv_out(ops.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out.forward_silu(h))
 
 
 class AutoencoderKL(nn.Cell):
