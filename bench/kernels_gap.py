@@ -62,7 +62,8 @@ def main(argv=None):
     from mindspore import nn, ops
 
     from pangu_cli.models import fast_ops
-    from pangu_cli.models.layers import Dense, GroupNorm, conv2d
+    from pangu_cli.models.layers import Dense, GroupNorm, SiLU, conv2d
+    from pangu_cli.models.unet import CrossAttention
 
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     rng = np.random.default_rng(0)
@@ -141,7 +142,7 @@ def main(argv=None):
                       torch_variant(torch.nn.GroupNorm(32, c), x)))
         cases.append((f"groupnorm+silu {shape}", ms_variants(lambda c=c: GroupNorm(32, c), x, "forward_silu"),
                       torch_variant(torch.nn.GroupNorm(32, c), x, silu_t)))
-        cases.append((f"silu {shape}", ms_variants(lambda: Fn(ops.silu), x), torch_variant(torch.nn.SiLU(), x)))
+        cases.append((f"silu {shape}", ms_variants(SiLU, x), torch_variant(torch.nn.SiLU(), x)))
         cases.append((f"conv3x3 {shape}", ms_variants(lambda c=c: conv2d(c, c, 3, padding=1), x),
                       torch_variant(torch.nn.Conv2d(c, c, 3, padding=1), x)))
     tokens, width = 256, 128
@@ -164,6 +165,24 @@ def main(argv=None):
 
     cases.append((f"attention q.kT {b * heads}x{tokens}x{d}", ms_variants(Scores, q),
                   torch_variant(lambda a: a @ kt.transpose(1, 2), q)))
+
+    heads, tokens, width = 4, 256, 128
+
+    class TorchSelfAttention(torch.nn.Module):  # diffusers' Attention without the extras
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(width, width, bias=False) for _ in range(3))
+            self.out = torch.nn.Linear(width, width)
+
+        def forward(self, h):
+            split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
+            o = torch.nn.functional.scaled_dot_product_attention(split(self.q(h)), split(self.k(h)), split(self.v(h)))
+            return self.out(o.transpose(1, 2).reshape(h.shape))
+
+    x = array(b, tokens, width)
+    cases.append((f"self-attention {b}x{tokens}x{width} {heads} heads",
+                  ms_variants(lambda: CrossAttention(width, heads, width // heads), x),
+                  torch_variant(TorchSelfAttention(), x)))
 
     only = [p.strip() for p in a.only.split(",") if p.strip()]
     print(f"# MindSpore {info.mindspore_version}, DNNL_MAX_CPU_ISA={info.cpu_isa}, runtime_num_threads="

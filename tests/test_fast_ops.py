@@ -201,6 +201,8 @@ def _row_case(name: str):
 
     if name == "layer_norm":
         return lambda: layers.layer_norm(48, eps=1e-5), lambda x, g, b: F.layer_norm(x, (48,), g, b, 1e-5), (2, 7, 48)
+    if name == "silu":
+        return layers.SiLU, lambda x: F.silu(x), (2, 3, 40)
     if name == "softmax":
         return layers.Softmax, lambda x: torch_softmax(x), (2, 3, 7, 9)
     if name == "geglu":
@@ -250,7 +252,8 @@ def torch_tensor(array):
 @pytest.mark.parity
 @pytest.mark.parametrize("name, jit", [("layer_norm", False), ("layer_norm", True), ("softmax", False),
                                        ("softmax", True), ("geglu", True), ("dense", False), ("dense", True),
-                                       ("dense_no_bias", True), ("attention", False), ("attention", True)])
+                                       ("dense_no_bias", True), ("attention", False), ("attention", True),
+                                       ("silu", False), ("silu", True)])
 def test_row_kernels_match_plain_and_torch(ms, torch, fast, name, jit):
     make, reference, shape = _row_case(name)
     rng = np.random.default_rng(8)

@@ -1,12 +1,14 @@
 """Faster CPU kernels for the operations where MindSpore 2.10's CPU backend loses most time.
 
-MindSpore's own CPU GroupNorm is ~40x slower than PyTorch's, and its convolutions hand oneDNN plain
-NCHW tensors (reference fallback on AVX-512, im2col+gemm under an AVX2 cap). The C++ kernels in
-`pangu_cli/assets/kernels/fast_ops.cc` do GroupNorm(+SiLU) in one pass each way and run convolutions
-through MindSpore's own oneDNN library with blocked layouts; MindSpore calls them through
-`ops.Custom(func_type="aot")`, forward and backward (each kernel has its gradient kernel as bprop).
+MindSpore's CPU convolutions hand oneDNN plain NCHW tensors (reference fallback on AVX-512,
+im2col+gemm under an AVX2 cap), its GroupNorm and LayerNorm gradients, softmax gradient and bias
+gradients reduce far below memory speed, and its MatMul runs the UNet's small projections at a sixth
+of sgemm's speed. The C++ kernels in `pangu_cli/assets/kernels/fast_ops.cc` replace them: convolutions
+and sgemm through MindSpore's own oneDNN library (blocked layouts), fused GroupNorm(+SiLU), LayerNorm,
+softmax, GEGLU and multi-head attention. MindSpore calls them through `ops.Custom(func_type="aot")`,
+forward and backward (each forward kernel's `bprop` is its gradient kernel). bench/PERF.md has the numbers.
 
-The library is compiled once per machine at first use (g++ with OpenMP, ~10 s) into the user cache
+The library is compiled once per machine at first use (g++ with OpenMP, ~10-20 s) into the user cache
 (`$PANGU_KERNEL_CACHE`, else `$XDG_CACHE_HOME/pangu/kernels`, else `~/.cache/pangu/kernels`). Without
 a compiler, or with `PANGU_FAST_KERNELS=0`, the networks use MindSpore's plain operations, which give
 the same results. The kernels are CPU-only: on Ascend/GPU MindSpore's kernels are always used.
@@ -36,7 +38,7 @@ CXXFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fo
             "-std=c++17"]
 BUILD_TIMEOUT_S = 300
 # What each kernel replaces; a cell asks `enabled(kind)` when it is built.
-KINDS = ("conv", "group_norm", "layer_norm", "attention", "softmax", "geglu", "dense")
+KINDS = ("conv", "group_norm", "layer_norm", "attention", "softmax", "geglu", "dense", "silu")
 
 
 @dataclass
@@ -60,7 +62,7 @@ def switch() -> str:
         return "off"
     if value in _ON:
         return "on"
-    return "some" if _kinds_from_env() else "auto"
+    return "auto" if value in ("", "auto") else "some"
 
 
 def requested_kinds() -> frozenset[str]:
@@ -125,7 +127,14 @@ def build_library(compiler: str | None = None, cache: Path | None = None) -> Pat
     target = cache / f"pangu_fast_ops-{key}.so"
     if target.exists():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return _compile(compiler, lib_dir, cache, target)
+    except OSError as exc:
+        raise RuntimeError(f"cannot build the fast kernels in {cache}: {exc}") from exc
+
+
+def _compile(compiler: str, lib_dir: Path, cache: Path, target: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         built = Path(tmp) / target.name
         cmd = [compiler, *CXXFLAGS, "-o", str(built), str(SOURCE), f"-L{lib_dir}", "-l:libdnnl.so.3",
@@ -271,6 +280,22 @@ def conv2d_primitive(stride: tuple[int, int], padding: tuple[int, int, int, int]
         forward.add_prim_attr("pangu_geometry", f"stride={stride} padding={padding}")
         _primitives[key] = forward
     return _primitives[key]
+
+
+def silu_primitive():
+    """`op(x) -> x * sigmoid(x)` with its gradient (one pass each way)."""
+    if "silu" not in _primitives:
+        from mindspore import ops
+
+        backward = ops.Custom(_func("SiluBackward"), func_type="aot",
+                              out_shape=lambda dy, x: x, out_dtype=lambda dy, x: x)
+
+        def bprop(x, out, dout):
+            return (backward(dout, x),)
+
+        _primitives["silu"] = ops.Custom(_func("SiluForward"), func_type="aot", bprop=bprop,
+                                         out_shape=lambda x: x, out_dtype=lambda x: x)
+    return _primitives["silu"]
 
 
 def softmax_primitive():

@@ -111,6 +111,21 @@ class LayerNorm(nn.LayerNorm):
         return self.layer_norm(x, self.gamma.astype(x.dtype), self.beta.astype(x.dtype))[0]
 
 
+class SiLU(nn.Cell):
+    """`nn.SiLU` on pangu's kernel when fast kernels are on (MindSpore's measured 2-3x PyTorch's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.use_fast = fast_ops.enabled("silu")
+        if self.use_fast:
+            self.fast_silu = fast_ops.silu_primitive()
+
+    def construct(self, x):
+        if self.use_fast and x.dtype == ms.float32:
+            return self.fast_silu(x)
+        return ops.silu(x)
+
+
 class Softmax(nn.Cell):
     """Softmax over the last axis; pangu's kernel (one-pass gradient) when fast kernels are on."""
 

@@ -14,8 +14,8 @@ from mindspore import nn, ops
 
 from pangu_cli.errors import ModelError
 from pangu_cli.models import fast_ops
-from pangu_cli.models.layers import (Conv2d, Dense, Softmax, conv2d, group_norm, layer_norm, timestep_embedding,
-                                     zero_init)
+from pangu_cli.models.layers import (Conv2d, Dense, SiLU, Softmax, conv2d, group_norm, layer_norm,
+                                     timestep_embedding, zero_init)
 
 GROUPS = 32  # GroupNorm groups everywhere in the reference
 RESBLOCK_NORM_EPS = 1e-5
@@ -54,7 +54,7 @@ class ResBlock(nn.Cell):
             nn.SiLU(),
             conv2d(channels, out_channels, 3, padding=1),
         ])
-        self.emb_layers = nn.SequentialCell([nn.SiLU(), Dense(emb_channels, out_channels)])
+        self.emb_layers = nn.SequentialCell([SiLU(), Dense(emb_channels, out_channels)])
         self.out_layers = nn.SequentialCell([
             group_norm(out_channels, RESBLOCK_NORM_EPS, GROUPS),
             nn.SiLU(),
@@ -374,11 +374,11 @@ class UNetModel(nn.Cell):
             heads, dim_head = cfg["head_split"][ch]
             return SpatialTransformer(ch, heads, dim_head, depth, cfg["context_dim"], cfg["use_linear"], dropout)
 
-        self.time_embed = nn.SequentialCell([Dense(mc, emb_dim), nn.SiLU(), Dense(emb_dim, emb_dim)])
+        self.time_embed = nn.SequentialCell([Dense(mc, emb_dim), SiLU(), Dense(emb_dim, emb_dim)])
         self.has_label_emb = cfg["adm_in_channels"] is not None
         if self.has_label_emb:
             self.label_emb = nn.SequentialCell([nn.SequentialCell([
-                Dense(cfg["adm_in_channels"], emb_dim), nn.SiLU(), Dense(emb_dim, emb_dim)])])
+                Dense(cfg["adm_in_channels"], emb_dim), SiLU(), Dense(emb_dim, emb_dim)])])
 
         input_blocks = [TimestepEmbedSequential([InputConv(cfg["in_channels"], mc)])]
         skip_channels = [mc]

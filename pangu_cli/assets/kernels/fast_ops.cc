@@ -195,6 +195,30 @@ int group_norm_backward(void **params, int *ndims, int64_t **shapes) {
 
 inline int64_t rows_of(int ndim, const int64_t *shape) { return numel(ndim - 1, shape); }
 
+// x -> y = x * sigmoid(x)
+int silu_forward(void **params, int *ndims, int64_t **shapes) {
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoid(x[i]);
+  return 0;
+}
+
+// dy, x -> dx = dy * s * (1 + x * (1 - s)), s = sigmoid(x)
+int silu_backward(void **params, int *ndims, int64_t **shapes) {
+  const float *dy = static_cast<const float *>(params[0]);
+  const float *x = static_cast<const float *>(params[1]);
+  float *dx = static_cast<float *>(params[2]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = sigmoid(x[i]);
+    dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
+  }
+  return 0;
+}
+
 // x -> y = softmax(x, -1)
 int softmax_forward(void **params, int *ndims, int64_t **shapes) {
   const float *x = static_cast<const float *>(params[0]);
@@ -380,6 +404,8 @@ PANGU_AOT(GroupNormForward, group_norm_forward<false>)
 PANGU_AOT(GroupNormSiLUForward, group_norm_forward<true>)
 PANGU_AOT(GroupNormBackward, group_norm_backward<false>)
 PANGU_AOT(GroupNormSiLUBackward, group_norm_backward<true>)
+PANGU_AOT(SiluForward, silu_forward)
+PANGU_AOT(SiluBackward, silu_backward)
 PANGU_AOT(SoftmaxForward, softmax_forward)
 PANGU_AOT(SoftmaxBackward, softmax_backward)
 PANGU_AOT(LayerNormForward, layer_norm_forward)
