@@ -42,6 +42,9 @@ def run_checks() -> list[dict]:
                                               f"{os.environ.get(runtime.THREADS_ENV) or runtime.cpu_cores()} on CPU; "
                                               f"override with {runtime.THREADS_ENV}=N"))
     checks.append(_cpu_kernels_check())
+    jit = runtime.jit_choice()
+    checks.append(_check("graph compile", "ok", f"UNets run {'compiled (ms.jit; one compile per image size)' if jit else 'in PyNative (slower)'}; "
+                                                f"override with {runtime.JIT_ENV}=0|1"))
 
     from pangu_cli.models import registry
 

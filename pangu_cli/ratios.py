@@ -174,6 +174,14 @@ def crop_to_ratio(width: int, height: int, ratio: float) -> tuple[int, int, int,
     return left, top, left + new_width, top + new_height
 
 
+def scale_size(width: int, height: int, factor: float, multiple: int) -> tuple[int, int]:
+    """(width, height) × `factor`, each side rounded to the nearest `multiple` (at least one multiple):
+    the size a model runs at when it works at a fraction of the output size (a UNet needs sides that
+    its downsampling levels divide)."""
+    return (max(multiple, round(width * factor / multiple) * multiple),
+            max(multiple, round(height * factor / multiple) * multiple))
+
+
 def scale_buckets(
     buckets: Sequence[Bucket | tuple[int, int]], factor: float, multiple: int = 8
 ) -> list[Bucket]:

@@ -214,6 +214,16 @@ def resolve_precision(precision: str, device: str) -> str:
     return "fp16" if device in ("Ascend", "GPU") else "fp32"
 
 
+JIT_ENV = "PANGU_JIT"
+
+
+def jit_choice() -> bool:
+    """Whether the UNets run as compiled graphs (`ms.jit`): on by default on every device. On CPU a
+    pangu-mini image takes ~5 s compiled against ~50 s in PyNative (bench/mini_speed.py); the price is one
+    compile per input shape (~15 s, paid by the first image of a size). `PANGU_JIT=0` turns it off."""
+    return os.environ.get(JIT_ENV, "").strip().lower() not in ("0", "off", "false", "no")
+
+
 def accelerator_options(device: str) -> dict:
     """Per-device network options the loader applies.
 
@@ -224,8 +234,9 @@ def accelerator_options(device: str) -> dict:
     """
     on_accelerator = device in ("Ascend", "GPU")
     flash = False
+    jit = jit_choice()
     if device == "Ascend":
         from mindspore import ops
 
         flash = hasattr(ops, "flash_attention_score")
-    return {"jit": on_accelerator, "flash_attention": flash, "offload_cache": "host" if on_accelerator else "disk"}
+    return {"jit": jit, "flash_attention": flash, "offload_cache": "host" if on_accelerator else "disk"}

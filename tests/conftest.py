@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tiny test models would spend more time compiling than sampling: tests run the UNets in PyNative, and
+# the compiled path (the default) is checked against it in tests/test_pipeline.py.
+os.environ.setdefault("PANGU_JIT", "0")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -256,3 +256,31 @@ def test_truncated_prompt_is_reported(ms, tiny, fake_unets):
     # one WordPiece token and three byte-level BPE tokens. Each distinct note is reported once.
     assert result.truncated == ["en: red cat on the red cat on the", "en: the red cat on the",
                                 "zh: on the red cat on the", "zh: the red cat on the"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiled UNets (the default outside the test suite)
+
+
+def test_jit_switch_reads_the_environment(monkeypatch):
+    from pangu_cli import runtime
+
+    monkeypatch.delenv("PANGU_JIT", raising=False)
+    assert runtime.jit_choice() is True and runtime.accelerator_options("CPU")["jit"] is True
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv("PANGU_JIT", off)
+        assert runtime.jit_choice() is False and runtime.accelerator_options("CPU")["jit"] is False
+
+
+@pytest.mark.slow
+def test_compiled_unets_draw_the_same_image(ms, folder, monkeypatch):
+    """`ms.jit` UNets (the default) give the PyNative image: same latent within fp32 rounding."""
+    plain_model = _load(folder)
+    assert not any("construct" in vars(unet) for unet in plain_model.unets.values())
+    plain = _generate(plain_model, steps=3)
+    monkeypatch.setenv("PANGU_JIT", "1")
+    compiled_model = _load(folder)
+    assert all("construct" in vars(unet) for unet in compiled_model.unets.values())  # enable_jit ran
+    compiled = _generate(compiled_model, steps=3)
+    err = np.abs(compiled.latent - plain.latent).max()
+    assert err <= 1e-4 * max(1.0, float(np.abs(plain.latent).max())), err

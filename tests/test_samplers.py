@@ -26,10 +26,10 @@ def eps_fn(x_in: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.tanh(0.8 * x_in + 0.3 * np.roll(x_in, 1, axis=1) + (t / 1000.0 - 0.5)).astype(np.float32)
 
 
-def ours(sampler, steps: int, trajectory: list | None = None) -> np.ndarray:
+def ours(sampler, steps: int, trajectory: list | None = None, prediction: str = "eps") -> np.ndarray:
     sigmas = reference_sigmas(steps)
     x = initial_noise(SEED, SHAPE, sigmas[0])
-    denoiser = DiscreteEpsDenoiser(lambda x_in, t, cond: eps_fn(x_in, t))
+    denoiser = DiscreteEpsDenoiser(lambda x_in, t, cond: eps_fn(x_in, t), prediction=prediction)
     callback = None if trajectory is None else (lambda info: trajectory.append(info["x"].copy()))
     return sampler(lambda x, sigma: denoiser(x, sigma), x, sigmas, callback)
 
@@ -45,13 +45,13 @@ TOL = 1e-4
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("steps", [20, 40])
-def test_euler_matches_diffusers(torch, steps):
+@pytest.mark.parametrize("steps,prediction", [(20, "eps"), (40, "eps"), (20, "v")])
+def test_euler_matches_diffusers(torch, steps, prediction):
     from diffusers import EulerDiscreteScheduler
 
     sched = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon", timestep_spacing="leading",
+        prediction_type="epsilon" if prediction == "eps" else "v_prediction", timestep_spacing="leading",
     )
     sched.set_timesteps(timesteps=reference_timesteps(steps).tolist())
     sigmas = reference_sigmas(steps)
@@ -67,7 +67,7 @@ def test_euler_matches_diffusers(torch, steps):
         ref_trajectory.append(sample.numpy().copy())
 
     trajectory = []
-    out = ours(sample_euler, steps, trajectory)
+    out = ours(sample_euler, steps, trajectory, prediction)
     assert out.dtype == np.float32
     err = rel_error(out, sample.numpy())
     assert err <= TOL, err

@@ -117,8 +117,9 @@ _THREE_LEVELS = (
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("case", [_TWO_LEVELS, _THREE_LEVELS], ids=["2-levels-linear", "3-levels-conv-proj"])
-def test_matches_diffusers(ms, torch, case):
+@pytest.mark.parametrize("case, groups", [(_TWO_LEVELS, 32), (_THREE_LEVELS, 32), (_THREE_LEVELS, 8)],
+                         ids=["2-levels-linear", "3-levels-conv-proj", "3-levels-8-groups"])
+def test_matches_diffusers(ms, torch, case, groups):
     from diffusers import UNet2DConditionModel
 
     from pangu_cli.models.checkpoint import load_into
@@ -128,9 +129,11 @@ def test_matches_diffusers(ms, torch, case):
     context_dim, adm = 32, 24
     reference = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, cross_attention_dim=context_dim,
-        class_embed_type="projection", projection_class_embeddings_input_dim=adm, norm_num_groups=32,
+        class_embed_type="projection", projection_class_embeddings_input_dim=adm, norm_num_groups=groups,
         **diffusers_kwargs).eval()
     _randomise(torch, reference, seed=1)
+    if groups != 32:  # the reference's 32 is the default; small UNets (pangu-mini) set it
+        our_config = {**our_config, "norm_num_groups": groups}
     ours = UNetModel(in_channels=4, out_channels=4, context_dim=context_dim, adm_in_channels=adm,
                      num_classes="sequential", use_spatial_transformer=True, legacy=False, **our_config)
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
@@ -216,7 +219,9 @@ def test_accepts_reference_housekeeping_keys(ms):
 @pytest.mark.parametrize("change, message", [
     (dict(attention_resoluton=[2]), "unknown key"),
     (dict(use_scale_shift_norm=True), "use_scale_shift_norm"),
-    (dict(model_channels=48), "multiples of 32"),
+    (dict(model_channels=48), "multiples of norm_num_groups=32"),
+    (dict(norm_num_groups=5), "multiples of norm_num_groups=5"),
+    (dict(norm_num_groups=0), "norm_num_groups=0"),
     (dict(num_head_channels=-1), "num_head_channels or num_heads"),
     (dict(num_head_channels=128), "heads"),
     (dict(adm_in_channels=None), "adm_in_channels"),

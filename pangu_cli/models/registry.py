@@ -79,6 +79,11 @@ class ModelSpec:
         return dict(self.manifest.get("sampling", {}))
 
     @property
+    def prediction(self) -> str:
+        """What the UNets predict: "eps" (the reference and PanGu-Draw 3.0) or "v"."""
+        return self.manifest.get("prediction", "eps")
+
+    @property
     def style_prefixes(self) -> dict[str, str]:
         return dict(self.manifest.get("style_prefixes", {}))
 
@@ -148,6 +153,8 @@ def read_manifest(folder: Path) -> dict:
     for key in ("name", "checkpoints", "unet", "text_encoders", "buckets"):
         if key not in manifest:
             raise ModelError(f"{file} lacks the field '{key}'", "re-create the model folder")
+    if manifest.get("prediction", "eps") not in ("eps", "v"):
+        raise ModelError(f"{file}: 'prediction' is {manifest['prediction']!r}", "use \"eps\" or \"v\"")
     return manifest
 
 

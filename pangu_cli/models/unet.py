@@ -17,7 +17,7 @@ from pangu_cli.models import fast_ops
 from pangu_cli.models.layers import (Conv2d, Dense, SiLU, Softmax, conv2d, group_norm, layer_norm,
                                      timestep_embedding, zero_init)
 
-GROUPS = 32  # GroupNorm groups everywhere in the reference
+GROUPS = 32  # GroupNorm groups everywhere in the reference (`norm_num_groups` changes it for small UNets)
 RESBLOCK_NORM_EPS = 1e-5
 TRANSFORMER_NORM_EPS = 1e-6
 
@@ -47,16 +47,17 @@ _ATTN_TYPES = ("vanilla", "flash-attention", "softmax", "softmax-xformers")
 class ResBlock(nn.Cell):
     """GroupNorm-SiLU-conv twice, with the embedding added in between; 1x1 skip conv if channels change."""
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float = 0.0,
+                 groups: int = GROUPS):
         super().__init__()
         self.in_layers = nn.SequentialCell([
-            group_norm(channels, RESBLOCK_NORM_EPS, GROUPS),
+            group_norm(channels, RESBLOCK_NORM_EPS, groups),
             nn.SiLU(),
             conv2d(channels, out_channels, 3, padding=1),
         ])
         self.emb_layers = nn.SequentialCell([SiLU(), Dense(emb_channels, out_channels)])
         self.out_layers = nn.SequentialCell([
-            group_norm(out_channels, RESBLOCK_NORM_EPS, GROUPS),
+            group_norm(out_channels, RESBLOCK_NORM_EPS, groups),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             zero_init(conv2d(out_channels, out_channels, 3, padding=1)),
@@ -212,11 +213,11 @@ class SpatialTransformer(nn.Cell):
     """
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int,
-                 use_linear: bool = True, dropout: float = 0.0):
+                 use_linear: bool = True, dropout: float = 0.0, groups: int = GROUPS):
         super().__init__()
         inner = heads * dim_head
         self.use_linear = use_linear
-        self.norm = group_norm(channels, TRANSFORMER_NORM_EPS, GROUPS)
+        self.norm = group_norm(channels, TRANSFORMER_NORM_EPS, groups)
         if use_linear:
             self.proj_in = Dense(channels, inner)
             self.proj_out = zero_init(Dense(inner, channels))
@@ -272,7 +273,7 @@ def normalise_config(params: dict[str, Any]) -> dict[str, Any]:
     known = {"in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks",
              "attention_resolutions", "transformer_depth", "transformer_depth_middle", "num_head_channels",
              "num_heads", "context_dim", "adm_in_channels", "num_classes", "use_linear_in_transformer",
-             "use_spatial_transformer", "legacy", "dropout"} | set(_FIXED) | _IGNORED
+             "use_spatial_transformer", "legacy", "dropout", "norm_num_groups"} | set(_FIXED) | _IGNORED
     unknown = sorted(set(params) - known)
     if unknown:
         raise ModelError(f"UNet config: unknown key(s) {', '.join(unknown)}",
@@ -296,8 +297,11 @@ def normalise_config(params: dict[str, Any]) -> dict[str, Any]:
         raise ModelError(f"UNet config: channel_mult must be positive ints, got {channel_mult!r}")
     model_channels = params["model_channels"]
     widths = [model_channels * m for m in channel_mult]
-    if any(w % GROUPS for w in widths):
-        raise ModelError(f"UNet config: channel widths {widths} must be multiples of {GROUPS} (GroupNorm groups)")
+    # A group of one channel erases what the ResBlocks add per channel (the time, size and pooled-text
+    # embedding), so a 32-channel UNet needs fewer than the reference's 32 groups to hear its conditioning.
+    groups = params.get("norm_num_groups", GROUPS)
+    if not isinstance(groups, int) or groups < 1 or any(w % groups for w in widths):
+        raise ModelError(f"UNet config: channel widths {widths} must be multiples of norm_num_groups={groups!r}")
     depth = _as_levels(params.get("transformer_depth", 1), levels, "transformer_depth")
     depth_middle = params.get("transformer_depth_middle")
     depth_middle = depth[-1] if depth_middle is None else depth_middle
@@ -346,6 +350,7 @@ def normalise_config(params: dict[str, Any]) -> dict[str, Any]:
         "transformer_depth_middle": depth_middle, "head_split": head_split,
         "context_dim": params["context_dim"], "use_linear": bool(params.get("use_linear_in_transformer", False)),
         "adm_in_channels": adm_in_channels if num_classes == "sequential" else None, "dropout": dropout,
+        "groups": groups,
     }
 
 
@@ -372,7 +377,8 @@ class UNetModel(nn.Cell):
 
         def transformer(ch: int, depth: int) -> SpatialTransformer:
             heads, dim_head = cfg["head_split"][ch]
-            return SpatialTransformer(ch, heads, dim_head, depth, cfg["context_dim"], cfg["use_linear"], dropout)
+            return SpatialTransformer(ch, heads, dim_head, depth, cfg["context_dim"], cfg["use_linear"], dropout,
+                                      cfg["groups"])
 
         self.time_embed = nn.SequentialCell([Dense(mc, emb_dim), SiLU(), Dense(emb_dim, emb_dim)])
         self.has_label_emb = cfg["adm_in_channels"] is not None
@@ -385,7 +391,7 @@ class UNetModel(nn.Cell):
         ch = mc
         for level, mult in enumerate(cfg["channel_mult"]):
             for _ in range(cfg["num_res_blocks"][level]):
-                layers = [ResBlock(ch, emb_dim, mult * mc, dropout)]
+                layers = [ResBlock(ch, emb_dim, mult * mc, dropout, cfg["groups"])]
                 ch = mult * mc
                 if level in cfg["attention_levels"]:
                     layers.append(transformer(ch, cfg["transformer_depth"][level]))
@@ -397,16 +403,16 @@ class UNetModel(nn.Cell):
         self.input_blocks = nn.CellList(input_blocks)
 
         self.middle_block = TimestepEmbedSequential([
-            ResBlock(ch, emb_dim, ch, dropout),
+            ResBlock(ch, emb_dim, ch, dropout, cfg["groups"]),
             transformer(ch, cfg["transformer_depth_middle"]),
-            ResBlock(ch, emb_dim, ch, dropout),
+            ResBlock(ch, emb_dim, ch, dropout, cfg["groups"]),
         ])
 
         output_blocks = []
         for level in reversed(range(self.levels)):
             mult = cfg["channel_mult"][level]
             for i in range(cfg["num_res_blocks"][level] + 1):
-                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * mc, dropout)]
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * mc, dropout, cfg["groups"])]
                 ch = mult * mc
                 if level in cfg["attention_levels"]:
                     layers.append(transformer(ch, cfg["transformer_depth"][level]))
@@ -416,7 +422,7 @@ class UNetModel(nn.Cell):
         self.output_blocks = nn.CellList(output_blocks)
 
         self.out = nn.SequentialCell([
-            group_norm(ch, RESBLOCK_NORM_EPS, GROUPS),
+            group_norm(ch, RESBLOCK_NORM_EPS, cfg["groups"]),
             nn.SiLU(),
             zero_init(conv2d(mc, cfg["out_channels"], 3, padding=1)),
         ])

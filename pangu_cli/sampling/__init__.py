@@ -11,6 +11,7 @@ Pure numpy: nothing here imports MindSpore (the engine wraps its networks into p
 
 from __future__ import annotations
 
+from pangu_cli.sampling.coop import Member, plan_coop, sample_coop
 from pangu_cli.sampling.denoisers import (
     DiscreteEpsDenoiser,
     ExpertDenoiser,
@@ -34,13 +35,16 @@ __all__ = [
     "ExpertDenoiser",
     "Guidance",
     "GuidedDenoiser",
+    "Member",
     "SAMPLERS",
     "SwitchPlan",
     "ddpm_alphas_cumprod",
     "initial_noise",
     "karras_sigmas",
+    "plan_coop",
     "reference_sigmas",
     "reference_timesteps",
+    "sample_coop",
     "sample_dpmpp_2m",
     "sample_euler",
     "sigma_table",

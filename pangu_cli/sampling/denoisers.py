@@ -25,15 +25,23 @@ from pangu_cli.sampling.schedules import sigma_to_t
 EpsModel = Callable[[np.ndarray, np.ndarray, Any], np.ndarray]
 
 
+PREDICTIONS = ("eps", "v")
+
+
 class DiscreteEpsDenoiser:
     """D(x, σ) = x − σ·ε̂(x / sqrt(σ² + 1), t(σ)) for a network trained on discrete timesteps.
 
     As in the reference, σ is first snapped to the nearest table entry (`sigma_to_t`), and that entry is
     used for c_out = −σ and c_in = 1/sqrt(σ² + 1); the network gets the integer timestep t as int32.
+    With `prediction="v"` the network predicts v = sqrt(ᾱ)·ε − sqrt(1−ᾱ)·x0 (SD 2's v-objective, which
+    keeps the large-noise steps informative), and D(x, σ) = c_in²·x − σ·c_in·v̂.
     """
 
-    def __init__(self, eps_model: EpsModel, sigma_table: np.ndarray | None = None):
+    def __init__(self, eps_model: EpsModel, sigma_table: np.ndarray | None = None, prediction: str = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
         self.eps_model = eps_model
+        self.prediction = prediction
         self.sigma_table = default_sigma_table() if sigma_table is None else np.asarray(sigma_table, np.float32)
 
     def __call__(self, x: np.ndarray, sigma: float, cond: Any = None) -> np.ndarray:
@@ -41,8 +49,10 @@ class DiscreteEpsDenoiser:
         sigma_q = self.sigma_table[t]
         c_in = np.float32(1.0) / np.sqrt(sigma_q * sigma_q + np.float32(1.0))
         timesteps = np.full((x.shape[0],), t, dtype=np.int32)
-        eps = np.asarray(self.eps_model(x * c_in, timesteps, cond), dtype=np.float32)
-        return x + (-sigma_q) * eps
+        out = np.asarray(self.eps_model(x * c_in, timesteps, cond), dtype=np.float32)
+        if self.prediction == "v":
+            return (c_in * c_in) * x - (sigma_q * c_in) * out
+        return x + (-sigma_q) * out
 
 
 class GuidedDenoiser:

@@ -1,8 +1,9 @@
 """Text → image with a loaded model: conditioning, the (two-stage) denoising loop, decoding.
 
-The time-decoupled split is configuration, not a code path: each generator is an expert of an
-`ExpertDenoiser`, routed by sigma (structure for the large-noise steps, texture for the rest), under
-one guidance that evaluates every branch in a single batched UNet call. This module imports
+The time-decoupled split is configuration, not a code path: each generator is a Coop-Diffusion member
+(`sampling.coop`) active over its sigma range (structure for the large-noise steps, at its own
+resolution; texture for the rest), each under one guidance that evaluates every branch in a single
+batched UNet call. This module imports
 MindSpore; the rest of `pangu_cli.sampling` does not.
 """
 
@@ -17,9 +18,11 @@ import numpy as np
 
 from pangu_cli.errors import UsageError
 from pangu_cli.models.loader import LoadedModel
-from pangu_cli.sampling.denoisers import DiscreteEpsDenoiser, ExpertDenoiser, GuidedDenoiser, switch_plan
+from pangu_cli.ratios import scale_size
+from pangu_cli.sampling.coop import Member, resize, sample_coop, sigma_between
+from pangu_cli.sampling.denoisers import DiscreteEpsDenoiser, GuidedDenoiser, switch_plan
 from pangu_cli.sampling.guidance import Guidance
-from pangu_cli.sampling.samplers import SAMPLERS, initial_noise
+from pangu_cli.sampling.samplers import SAMPLERS
 from pangu_cli.sampling.schedules import reference_sigmas
 from pangu_cli.settings import ImageSettings
 
@@ -53,19 +56,6 @@ def latent_shape(model: LoadedModel, width: int, height: int) -> tuple[int, int,
     return (1, channels, height // factor, width // factor)
 
 
-def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of (B, C, h, w) float32 to (B, C, *size), channel by channel (deterministic)."""
-    from PIL import Image
-
-    height, width = size
-    out = np.empty(x.shape[:2] + (height, width), np.float32)
-    for b in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            plane = Image.fromarray(np.ascontiguousarray(x[b, c], np.float32), mode="F")
-            out[b, c] = np.asarray(plane.resize((width, height), Image.Resampling.BICUBIC), np.float32)
-    return out
-
-
 class Generator:
     """Generates images one at a time with a loaded model; the model stays loaded between calls."""
 
@@ -95,17 +85,11 @@ class Generator:
 
         start = time.perf_counter()
         sigmas = reference_sigmas(s.steps)
-        experts = [(role, DiscreteEpsDenoiser(unet_eps_model(unet))) for role, unet in self.model.experts]
-        scale = float(self.model.spec.sampling.get("structure_scale", 1.0))
-        if len(experts) == 2 and scale != 1.0:
-            latent, expert_steps = self._two_resolutions(s, experts, sigmas, cond.as_cond(), guidance, scale, on_step)
-        else:
-            plan = switch_plan(sigmas, switch_t=s.switch_t, lag=s.switch_lag) if len(experts) == 2 else None
-            router = ExpertDenoiser(experts, plan) if plan else ExpertDenoiser(experts)
-            denoiser = GuidedDenoiser(router, cond.as_cond(), guidance)
-            x = initial_noise(s.seed, latent_shape(self.model, s.width, s.height), sigmas[0])
-            latent = SAMPLERS[s.sampler](denoiser, x, sigmas, callback=on_step)
-            expert_steps = [name for _, name in router.calls]
+        members, structure_only = self.members(s, sigmas, cond.as_cond(), guidance)
+        latent, plan = sample_coop(members, sigmas, s.seed, sampler=s.sampler, callback=on_step)
+        if structure_only:  # every step below the switch: the structure result, brought to the output size
+            latent = resize(latent, latent_shape(self.model, s.width, s.height)[2:])
+        expert_steps = [step.lead for step in plan.steps]
         timings["denoise"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -113,46 +97,37 @@ class Generator:
         timings["decode"] = time.perf_counter() - start
         return Generated(pixels, latent, expert_steps, truncated, timings)
 
-    def _two_resolutions(self, s: ImageSettings, experts, sigmas, cond, guidance, scale, on_step):
-        """Structure steps at `scale` × the output size, texture steps at the output size.
+    def members(self, s: ImageSettings, sigmas: np.ndarray, cond: dict, guidance: Guidance
+                ) -> tuple[list[Member], bool]:
+        """The Coop-Diffusion members of this model: one UNet, or structure → texture split at the switch.
 
-        At the hand-over sigma the structure model's clean estimate is resized and re-noised with fresh
-        i.i.d. noise at that sigma (x = up(x̂₀) + σ·z): resizing the noisy sample instead would blur the
-        noise and break the i.i.d. assumption the texture model was trained on (Coop-Diffusion §3.4).
+        The structure steps run at `structure_scale` × the output size; at the hand-over the sampler resizes
+        the structure model's clean estimate and re-noises it with fresh i.i.d. noise at that sigma, never
+        the noisy sample (Coop-Diffusion §3.4), so the texture model sees the noise it was trained on.
+        Returns the members and whether only the structure member runs (its result is then resized).
         """
-        plan = switch_plan(sigmas, switch_t=s.switch_t, lag=s.switch_lag)
-        k = plan.steps.count(0)
-        (_, structure), (_, texture) = experts
-        sampler = SAMPLERS[s.sampler]
-        high = latent_shape(self.model, s.width, s.height)
-        low = latent_shape(self.model, round(s.width * scale), round(s.height * scale))
-        calls = ["structure"] * k + ["texture"] * (len(sigmas) - 1 - k)
-        if k == 0:  # the switch lies before the first step: texture only, at the output size
-            x = initial_noise(s.seed, high, sigmas[0])
-            return sampler(GuidedDenoiser(texture, cond, guidance), x, sigmas, callback=on_step), calls
-        last = {}
-
-        def structure_step(info: dict) -> None:
-            last["denoised"] = info["denoised"]
-            if on_step is not None:
-                on_step(info)
-
-        x = initial_noise(s.seed, low, sigmas[0])
-        x = sampler(GuidedDenoiser(structure, cond, guidance), x, sigmas[:k + 1], callback=structure_step)
-        if k == len(sigmas) - 1:  # structure only: its result, brought to the output size
-            return resize(x, high[2:]), calls
-        # The hand-over uses the structure model's last clean estimate, so it is never asked about a
-        # noise level outside the range it was trained on.
-        x0 = resize(last["denoised"], high[2:])
-        fresh = np.random.RandomState((s.seed + 1) % 2**32).randn(*high).astype(np.float32)
-        x = x0 + np.float32(sigmas[k]) * fresh
-
-        def texture_step(info: dict) -> None:
-            if on_step is not None:
-                on_step({**info, "i": info["i"] + k})
-
-        x = sampler(GuidedDenoiser(texture, cond, guidance), x, sigmas[k:], callback=texture_step)
-        return x, calls
+        prediction = self.model.spec.prediction
+        experts = [(role, GuidedDenoiser(DiscreteEpsDenoiser(unet_eps_model(unet), prediction=prediction),
+                                         cond, guidance)) for role, unet in self.model.experts]
+        _, channels, height, width = latent_shape(self.model, s.width, s.height)
+        if len(experts) == 1:
+            (name, denoiser), = experts
+            return [Member(name, denoiser, (height, width), channels=channels)], False
+        (structure, structure_d), (texture, texture_d) = experts
+        low = (height, width)
+        scale = float(self.model.spec.sampling.get("structure_scale", 1.0))
+        if scale != 1.0:
+            levels = len(self.model.spec.manifest["unet"].get("channel_mult", [1]))
+            multiple = self.model.spec.latent_factor * 2 ** (levels - 1)
+            low = latent_shape(self.model, *scale_size(s.width, s.height, scale, multiple))[2:]
+        k = switch_plan(sigmas, switch_t=s.switch_t, lag=s.switch_lag).steps.count(0)
+        if k == 0:
+            return [Member(texture, texture_d, (height, width), channels=channels)], False
+        if k == len(sigmas) - 1:
+            return [Member(structure, structure_d, low, channels=channels)], low != (height, width)
+        boundary = sigma_between(sigmas, k)
+        return [Member(structure, structure_d, low, sigma_min=boundary, channels=channels),
+                Member(texture, texture_d, (height, width), sigma_max=boundary, channels=channels)], False
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         vae = self.model.vae

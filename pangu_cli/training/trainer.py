@@ -88,6 +88,7 @@ def model_manifest(config: TrainConfig, vocab_sizes: dict[str, int], two_stage: 
         "checkpoints": checkpoints,
         "unet": config.unet_params(),
         "vae": None,
+        "prediction": config.prediction,
         "text_encoders": config.text.encoders(vocab_sizes),
         "conditioning": {"routing": "language", "concat": "sequence"},
         "size_embedding": {"dim": config.text.size_embed_dim},
@@ -420,11 +421,13 @@ class Trainer:
         params = ms.ParameterTuple(list(unet_opt.parameters) + list(text_opt.parameters))
         n_unet = len(unet_opt.parameters)
         clip = float(self.config.optim.grad_clip)
+        v_target = self.config.prediction == "v"
 
         def loss_fn(x0, noise, signal_, sigma, t, ids0, mask0, ids1, mask1, bucket):
             context, y = conditioner((ids0, mask0, ids1, mask1), bucket)
             noisy = signal_ * x0 + sigma * noise
-            return ops.mse_loss(unet(noisy, t, context, y), noise)
+            target = signal_ * noise - sigma * x0 if v_target else noise
+            return ops.mse_loss(unet(noisy, t, context, y), target)
 
         grad_fn = ms.value_and_grad(loss_fn, None, params)
         if self.config.jit:
