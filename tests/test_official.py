@@ -497,6 +497,7 @@ def test_offload_keeps_one_unet_and_gives_the_same_image(ms, reference_run, monk
 
 def test_offload_to_host_memory_swaps_without_reading_files_again(ms, reference_run, monkeypatch):
     """Beside an accelerator the idle expert waits in host RAM: after the first read, swaps use that copy."""
+    from pangu_cli.models import unet_bank
     from pangu_cli.models.checkpoint import cell_state
 
     loader = _with_options(monkeypatch, offload_cache="host")
@@ -506,7 +507,7 @@ def test_offload_to_host_memory_swaps_without_reading_files_again(ms, reference_
     for role in ("texture", "structure", "texture"):
         bank.get(role)
     assert sorted(bank._host) == ["structure", "texture"] and len(bank._cells) == 1
-    monkeypatch.setattr(loader, "read_tensors", lambda refs: pytest.fail("read the file again"))
+    monkeypatch.setattr(unet_bank, "read_tensors", lambda refs: pytest.fail("read the file again"))
     unet = bank.get("structure")
     for key, value in cell_state(reference.unets["structure"]).items():
         np.testing.assert_array_equal(cell_state(unet)[key], value, err_msg=key)
