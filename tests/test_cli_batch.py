@@ -163,10 +163,11 @@ def test_a_bad_option_is_a_usage_error_not_a_failure_of_every_line(tiny_model, t
 
 @pytest.mark.slow
 def test_ctrl_c_then_resume_gives_each_prompt_exactly_one_image(tiny_model, tmp_path):
-    prompts = [f"prompt {i} a red cat" for i in range(1, 9)]
+    # Enough work that Ctrl-C lands mid-run on a quiet machine too (8 two-step images finished first).
+    prompts = [f"prompt {i} a red cat" for i in range(1, 41)]
     source = write(tmp_path, "prompts.txt", "\n".join(prompts) + "\n")
     out = tmp_path / "out"
-    args = ["batch", source, "--model", tiny_model, "--out", out, "--steps", "2", "--style-scale", "0", "--json"]
+    args = ["batch", source, "--model", tiny_model, "--out", out, "--steps", "3", "--style-scale", "0", "--json"]
     proc = subprocess.Popen([sys.executable, "-m", "pangu_cli", *map(str, args)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=subprocess_env(tmp_path / ".config"))
