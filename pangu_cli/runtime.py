@@ -219,8 +219,8 @@ JIT_ENV = "PANGU_JIT"
 
 def jit_choice() -> bool:
     """Whether the UNets run as compiled graphs (`ms.jit`): on by default on every device. On CPU a
-    pangu-mini image takes ~5 s compiled against ~50 s in PyNative (bench/mini_speed.py); the price is one
-    compile per input shape (~15 s, paid by the first image of a size). `PANGU_JIT=0` turns it off."""
+    pangu-mini image takes 2.4 s compiled against 10.5 s in PyNative (bench/mini_speed.py); the price is one
+    compile per input shape (~4 s, paid by the first image of a size). `PANGU_JIT=0` turns it off."""
     return os.environ.get(JIT_ENV, "").strip().lower() not in ("0", "off", "false", "no")
 
 
