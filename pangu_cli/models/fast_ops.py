@@ -282,36 +282,30 @@ def conv2d_primitive(stride: tuple[int, int], padding: tuple[int, int, int, int]
     return _primitives[key]
 
 
-def silu_primitive():
-    """`op(x) -> x * sigmoid(x)` with its gradient (one pass each way)."""
-    if "silu" not in _primitives:
+def _shape_preserving_primitive(kernel: str, backward_reads_output: bool):
+    """A one-input kernel `op(x) -> y` (y shaped like x) whose gradient kernel takes (dy, x) or (dy, y)."""
+    if kernel not in _primitives:
         from mindspore import ops
 
-        backward = ops.Custom(_func("SiluBackward"), func_type="aot",
-                              out_shape=lambda dy, x: x, out_dtype=lambda dy, x: x)
+        backward = ops.Custom(_func(f"{kernel}Backward"), func_type="aot",
+                              out_shape=lambda dy, saved: saved, out_dtype=lambda dy, saved: saved)
 
         def bprop(x, out, dout):
-            return (backward(dout, x),)
+            return (backward(dout, out if backward_reads_output else x),)
 
-        _primitives["silu"] = ops.Custom(_func("SiluForward"), func_type="aot", bprop=bprop,
+        _primitives[kernel] = ops.Custom(_func(f"{kernel}Forward"), func_type="aot", bprop=bprop,
                                          out_shape=lambda x: x, out_dtype=lambda x: x)
-    return _primitives["silu"]
+    return _primitives[kernel]
+
+
+def silu_primitive():
+    """`op(x) -> x * sigmoid(x)` with its gradient (one pass each way)."""
+    return _shape_preserving_primitive("Silu", backward_reads_output=False)
 
 
 def softmax_primitive():
     """`op(x) -> softmax(x, axis=-1)` with its gradient."""
-    if "softmax" not in _primitives:
-        from mindspore import ops
-
-        backward = ops.Custom(_func("SoftmaxBackward"), func_type="aot",
-                              out_shape=lambda dy, y: y, out_dtype=lambda dy, y: y)
-
-        def bprop(x, out, dout):
-            return (backward(dout, out),)
-
-        _primitives["softmax"] = ops.Custom(_func("SoftmaxForward"), func_type="aot", bprop=bprop,
-                                            out_shape=lambda x: x, out_dtype=lambda x: x)
-    return _primitives["softmax"]
+    return _shape_preserving_primitive("Softmax", backward_reads_output=True)
 
 
 def layer_norm_primitive():
