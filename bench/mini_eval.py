@@ -117,13 +117,20 @@ class ModelRunner:
 
         self.spec = resolve(model)
         self.info = runtime.setup(device=device, precision=precision)
-        self.generator = Generator(load_model(self.spec, precision=precision))
+        self.generator = Generator(load_model(self.spec, precision=precision),
+                                   load=lambda spec: load_model(spec, precision=precision))
 
     def settings(self, prompt: str, seed: int, args, style: str):
         from pangu_cli.plan import Options, resolve
 
+        ensemble = None
+        if getattr(args, "recipe", None):
+            from pangu_cli.ensemble import load_recipe
+
+            ensemble = load_recipe(args.recipe).to_dict()
         options = Options(prompt=prompt, seed=seed, count=1, steps=args.steps, guidance=args.guidance,
                           sampler=args.sampler, ratio=args.ratio, size=args.size, switch=args.switch,
+                          ensemble=ensemble,
                           # outside branch mode no style branch runs (not even the model's default
                           # ones): the prompt alone asks for the style
                           style=[style] if args.style_mode == "branch" else ["none"])
@@ -337,6 +344,7 @@ def parse_args(argv=None):
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--sampler", default=None, help="euler | dpmpp_2m (default: the model's)")
     parser.add_argument("--switch", type=float, default=None, help="structure→texture switch (t or fraction)")
+    parser.add_argument("--recipe", default=None, help="Coop-Diffusion recipe (TOML) every model runs with")
     parser.add_argument("--ratio", default=None, help="aspect ratio, e.g. 1:1 (default: the model's square bucket)")
     parser.add_argument("--size", default=None, help="WxH instead of --ratio")
     parser.add_argument("--seed", type=int, default=0)

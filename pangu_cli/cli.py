@@ -578,12 +578,35 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
 # --------------------------------------------------------------------------------------------- draw
 
-def _options(prompt, negative, seed, count, steps, guidance, sampler, style, style_scale, ratio, size, switch):
+def _options(prompt, negative, seed, count, steps, guidance, sampler, style, style_scale, ratio, size, switch,
+             ensemble=None):
     from pangu_cli.plan import Options
 
     return Options(prompt=prompt, negative=negative, seed=seed, count=count, steps=steps, guidance=guidance,
                    sampler=sampler, style=style or None, style_scale=style_scale, ratio=ratio, size=size,
-                   switch=switch)
+                   switch=switch, ensemble=ensemble)
+
+
+RECIPE_HELP = "Coop-Diffusion recipe (TOML): members with models, t ranges, weights, sizes (docs/coop.md)."
+STRUCTURE_MODEL_HELP = "Model for the large-noise (structure) steps; its structure UNet if it has one."
+TEXTURE_MODEL_HELP = "Model for the small-noise (texture) steps."
+STRUCTURE_SIZE_HELP = "Size WxH the structure steps run at (e.g. 32x32); the texture steps run at the output size."
+
+
+def _ensemble_option(recipe: Path | None, structure_model: str | None, texture_model: str | None,
+                     structure_size: str | None, switch: float | None, default_switch: int) -> dict | None:
+    """The ensemble of --recipe or of the short flags (which take --switch in), as recipe data."""
+    from pangu_cli import ensemble, plan
+
+    flags = [f for f, v in (("--structure-model", structure_model), ("--texture-model", texture_model),
+                            ("--structure-size", structure_size)) if v is not None]
+    if recipe is not None:
+        if flags:
+            raise UsageError(f"--recipe and {flags[0]} both given", "put the member settings in the recipe")
+        return ensemble.load_recipe(recipe).to_dict()
+    made = ensemble.from_flags(structure_model, texture_model, plan.resolve_switch(switch, default_switch),
+                               structure_size)
+    return None if made is None else made.to_dict()
 
 
 @app.command()
@@ -600,6 +623,10 @@ def draw(
     guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="euler or dpmpp_2m."),
     switch: Optional[float] = typer.Option(None, "--switch", help="Structure→texture hand-over: timestep (500) or fraction (0.5)."),
+    recipe_file: Optional[Path] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    structure_model: Optional[str] = typer.Option(None, "--structure-model", help=STRUCTURE_MODEL_HELP),
+    texture_model: Optional[str] = typer.Option(None, "--texture-model", help=TEXTURE_MODEL_HELP),
+    structure_size: Optional[str] = typer.Option(None, "--structure-size", help=STRUCTURE_SIZE_HELP),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder (default: pangu-mini)."),
     device: str = typer.Option("auto", "--device", help="auto, CPU, GPU or Ascend."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
@@ -628,6 +655,10 @@ def draw(
     opts = _options(text, negative, seed, count, steps, guidance, sampler, style, style_scale, ratio, size, switch)
     plan.check_options(opts)  # input errors before model errors
     spec = registry.resolve(model or (recipe or {}).get("model"))
+    opts.ensemble = _ensemble_option(recipe_file, structure_model, texture_model, structure_size, switch,
+                                     int(spec.sampling.get("switch_t", 500)))
+    if opts.ensemble is not None and recipe_file is None:
+        opts.switch = None  # the short flags took it in
     images = plan.resolve(spec, opts, recipe)
     if recipe and not quiet and recipe.get("model_hash") not in (None, spec.fingerprint()):
         err.print(f"[yellow]note[/]: model '{spec.name}' differs from the one that made {from_image}; "
@@ -637,10 +668,21 @@ def draw(
     runner = Runner(spec, out_path, name, overwrite, quiet=quiet, console=err)
     paths = runner.plan_paths(images)
     if dry_run:
+        from pangu_cli.ensemble import describe, plan_for
+        from pangu_cli.sampling.guidance import Guidance
+
         for s, path in zip(images, paths):
-            _emit_json({"path": str(path), **s.recipe()}) if as_json else out.print(
-                f"{path}  {s.width}x{s.height} ({s.ratio})  seed {s.seed}  {s.steps} steps  "
-                f"{s.sampler}  guidance {s.guidance:g}  styles {s.styles or '—'}")
+            coop = plan_for(spec, s)
+            branches = Guidance(s.guidance, tuple(v for _, v in s.active_styles())).n_branches
+            if as_json:
+                _emit_json({"path": str(path), **s.recipe(),
+                            "plan": {"steps": coop.rows(branches), "members": coop.totals(branches)}})
+                continue
+            out.print(f"{path}  {s.width}x{s.height} ({s.ratio})  seed {s.seed}  {s.steps} steps  "
+                      f"{s.sampler}  guidance {s.guidance:g}  styles {s.styles or '—'}", markup=False)
+            if s is images[0]:
+                for line in describe(coop, branches):
+                    out.print("  " + line, markup=False, highlight=False)
         return
     _set_offload(offload)
     runner.open(device, precision)
@@ -665,6 +707,10 @@ def batch(
     guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Guidance scale."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="euler or dpmpp_2m."),
     switch: Optional[float] = typer.Option(None, "--switch", help="Structure→texture hand-over timestep or fraction."),
+    recipe_file: Optional[Path] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    structure_model: Optional[str] = typer.Option(None, "--structure-model", help=STRUCTURE_MODEL_HELP),
+    texture_model: Optional[str] = typer.Option(None, "--texture-model", help=TEXTURE_MODEL_HELP),
+    structure_size: Optional[str] = typer.Option(None, "--structure-size", help=STRUCTURE_SIZE_HELP),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder."),
     device: str = typer.Option("auto", "--device", help="auto, CPU, GPU or Ascend."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
@@ -697,6 +743,10 @@ def batch(
     opts = _options(None, negative, None, count, steps, guidance, sampler, style, style_scale, ratio, size, switch)
     plan.check_options(opts)  # a bad flag is a usage error, not a failure of every line
     spec = registry.resolve(model)
+    opts.ensemble = _ensemble_option(recipe_file, structure_model, texture_model, structure_size, switch,
+                                     int(spec.sampling.get("switch_t", 500)))
+    if opts.ensemble is not None and recipe_file is None:
+        opts.switch = None  # the short flags took it in
     planned = plan_batch(spec, selected, opts, seed, out_path, name, strict, report)
     runner = Runner(spec, out_path, name, overwrite=False, quiet=quiet, console=err)
 

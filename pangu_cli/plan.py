@@ -41,6 +41,7 @@ class Options:
     ratio: str | None = None
     size: str | None = None
     switch: float | None = None
+    ensemble: dict | None = None  # a checked Coop-Diffusion recipe (`pangu_cli.ensemble`), from --recipe or flags
 
     def merged(self, overrides: dict[str, Any]) -> "Options":
         """These options with per-item overrides (a JSONL line) on top; unknown keys are an error."""
@@ -52,7 +53,7 @@ class Options:
             if value is None or value == "":
                 continue
             values[key] = [value] if key == "style" and isinstance(value, str) else value
-        return Options(**values)
+        return Options(**values, ensemble=self.ensemble)
 
 
 def clean_prompt(prompt: str | None) -> str:
@@ -88,13 +89,29 @@ def resolve_sampler(name: str) -> str:
     return key
 
 
+MAX_UPSCALE = 4
+
+
+def output_for_size(spec: ModelSpec, width: int, height: int) -> tuple[Bucket, tuple[int, int]]:
+    """The bucket and output size of an exact --size: a bucket itself, or k × a bucket (k = 2…4), which
+    one-stage super-resolution draws: the model's large-noise steps at the bucket size, the rest at k×."""
+    buckets = make_buckets(spec.buckets)
+    try:
+        return bucket_for_size(buckets, width, height), (width, height)
+    except UsageError as exc:
+        for k in range(2, MAX_UPSCALE + 1):
+            for bucket in buckets:
+                if (width, height) == (k * bucket.width, k * bucket.height):
+                    return bucket, (width, height)
+        raise UsageError(exc.message, f"{exc.hint}; or up to {MAX_UPSCALE}× one of them") from None
+
+
 def resolve_bucket(spec: ModelSpec, ratio: str | None, size: str | None) -> Bucket:
     buckets = make_buckets(spec.buckets)
     if size and ratio:
         raise UsageError("--size and --ratio both given", "give one of them")
     if size:
-        width, height = parse_size(size)
-        return bucket_for_size(buckets, width, height)
+        return output_for_size(spec, *parse_size(size))[0]
     if ratio:
         return nearest_bucket(buckets, ratio)
     return nearest_bucket(buckets, 1.0)
@@ -173,10 +190,24 @@ def resolve(spec: ModelSpec, opts: Options, recipe: dict | None = None) -> list[
     negative = opts.negative if opts.negative is not None else preset_negative
     if negative is None:
         negative = recipe.get("negative", defaults.get("negative", ""))
-    if opts.ratio is None and opts.size is None and recipe.get("size"):
-        bucket = bucket_for_size(make_buckets(spec.buckets), *recipe["size"])
+    if opts.size and opts.ratio:
+        raise UsageError("--size and --ratio both given", "give one of them")
+    if opts.size or (opts.ratio is None and recipe.get("size")):
+        bucket, (width, height) = output_for_size(spec, *(parse_size(opts.size) if opts.size else recipe["size"]))
     else:
-        bucket = resolve_bucket(spec, opts.ratio, opts.size)
+        bucket = resolve_bucket(spec, opts.ratio, None)
+        width, height = bucket.width, bucket.height
+    ensemble = opts.ensemble if opts.ensemble is not None else recipe.get("ensemble")
+    if ensemble is not None:
+        if opts.switch is not None:
+            raise UsageError("--switch does not apply to a recipe", "set each member's t range in the recipe")
+        from pangu_cli import ensemble as ensembles
+        from pangu_cli.models import registry
+
+        checked = ensembles.ensemble_from_dict(ensemble, "recipe")
+        specs = ensembles.resolve_models(checked, spec, registry.resolve)
+        ensembles.plan_ensemble(checked, specs, (width, height), steps)  # sizes and coverage, before loading
+        ensemble = checked.to_dict()
     switch_t = resolve_switch(opts.switch, int(recipe.get("switch", defaults.get("switch_t", 500))))
     seed = opts.seed if opts.seed is not None else recipe.get("seed")
     seed = secrets.randbelow(2**32) if seed is None else _number(seed, "seed", int, 0, 2**32 - 1)
@@ -184,10 +215,10 @@ def resolve(spec: ModelSpec, opts: Options, recipe: dict | None = None) -> list[
 
     language = detect(prompt).lang
     base = ImageSettings(prompt=prompt, seed=seed, steps=steps, guidance=guidance, sampler=sampler,
-                         width=bucket.width, height=bucket.height, bucket_index=bucket.index, model=spec.name,
+                         width=width, height=height, bucket_index=bucket.index, model=spec.name,
                          negative=negative, styles=styles, switch_t=switch_t,
                          switch_lag=bool(defaults.get("switch_lag", True)), model_fingerprint=spec.fingerprint(),
-                         language=language, ratio=bucket.label)
+                         language=language, ratio=bucket.label, ensemble=ensemble)
     images = []
     for i in range(count):
         settings = ImageSettings(**{**base.__dict__, "seed": (seed + i) % 2**32})

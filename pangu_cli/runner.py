@@ -72,9 +72,12 @@ class Runner:
         status = self.console.status(f"loading {self.spec.name} on {info.device}…") if not self.quiet else nullcontext()
         with status:
             model = load_model(self.spec, precision=precision)
-        _python_handles_interrupts()
         self.note(f"[dim]{self.spec.name} loaded on {info.device} in {model.timings['load']:.1f} s[/]")
-        self.generator = Generator(model)
+        def load_other(spec: ModelSpec):  # a model a Coop-Diffusion recipe names besides this one
+            with self.console.status(f"loading {spec.name}…") if not self.quiet else nullcontext():
+                return load_model(spec, precision=precision)
+
+        self.generator = Generator(model, load=load_other)
 
     def generate(self, s: ImageSettings, label: str = ""):
         progress = self.progress or self.new_progress()
@@ -84,7 +87,6 @@ class Runner:
                 result = self.generator.generate(s, on_step=lambda _: progress.advance(task))
             finally:
                 progress.remove_task(task)
-        _python_handles_interrupts()
         for cut in result.truncated:
             self.note(f"[yellow]warning[/]: prompt longer than the encoder limit; dropped ({cut})")
         return result
@@ -100,30 +102,6 @@ class Runner:
         seconds = time.perf_counter() - start
         self.note(f"[green]saved[/] {path}  [dim]{s.width}x{s.height} ({s.ratio}) seed {s.seed} · {seconds:.1f} s[/]")
         return path, seconds
-
-
-def _python_handles_interrupts() -> None:
-    """Keep Ctrl-C a KeyboardInterrupt, so `pangu` stops cleanly with exit code 130.
-
-    MindSpore's runtime (2.10) replaces the native SIGINT handler during its first model call with one
-    that re-sends the signal as SIGTERM, whose default action kills the process on the spot. So:
-    reinstall Python's SIGINT handler (after each image), and let SIGTERM, which still arrives while
-    MindSpore's handler is active, raise KeyboardInterrupt too (a scheduler's SIGTERM then also stops
-    the run cleanly)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-    handler = signal.getsignal(signal.SIGINT)
-    if handler is not None:  # None: not set from Python, nothing to reinstall
-        signal.signal(signal.SIGINT, handler)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 @dataclass

@@ -7,7 +7,13 @@ Nothing else in the package should set MindSpore context options.
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pangu_cli.errors import DeviceError, UsageError
 
@@ -119,6 +125,7 @@ def setup(device: str = "auto", mode: str = "pynative", precision: str = "fp32",
             raise DeviceError(
                 f"MindSpore is already set up for {_current.device}/{_current.mode}/{_current.precision}",
                 "one process runs one device configuration; start a new process")
+        handle_interrupts()
         return _current
 
     if _isa_choice is None and mindspore_imported():
@@ -153,7 +160,72 @@ def setup(device: str = "auto", mode: str = "pynative", precision: str = "fp32",
                            mindspore_version=ms.__version__, notes=notes,
                            fast_kernels=fast_ops.enabled(), fast_kernels_detail=kernels.reason,
                            fast_kernel_kinds=fast_ops.enabled_kinds())
+    handle_interrupts()
     return _current
+
+
+# MindSpore 2.10 swaps its own C-level SIGINT handler in whenever its runtime starts work (the first
+# PyNative op, every compiled-graph run, every gradient): that handler re-sends the signal to the process
+# as SIGTERM, whose default action kills it mid-write, and Python's record of the handler
+# (`signal.getsignal`) does not change. So pangu gives both signals Python handlers, and a watcher thread
+# puts Python's SIGINT handler back within milliseconds of each swap, so that Ctrl-C reaches Python as
+# SIGINT (and `pangu train` can tell it from a scheduler's SIGTERM).
+SIGNAL_WATCH_S = 0.01
+_watcher: threading.Thread | None = None
+
+
+def handle_interrupts(handler: Callable[[int, Any], Any] | None = None) -> dict[int, Any]:
+    """Route Ctrl-C (SIGINT) and SIGTERM to `handler`, so that commands stop cleanly; returns the previous
+    handlers. Without `handler`, a signal that has no Python handler yet gets one that raises
+    KeyboardInterrupt (exit code 130) -- also a SIGINT ignored by the parent: MindSpore would turn it into
+    a SIGTERM during model calls anyway, so ignoring it cannot be honoured. Main thread only (elsewhere it
+    does nothing). `setup` calls it; a caller with its own handler calls it after `setup`."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_interrupt)):
+        previous[signum] = current = signal.getsignal(signum)
+        signal.signal(signum, handler or (current if callable(current) else default))
+    _watch_sigint()
+    return previous
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _watch_sigint() -> None:
+    """Start (once per process, on Linux) the thread that undoes MindSpore's SIGINT handler swaps."""
+    global _watcher
+    if _watcher is not None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    # `struct sigaction`, kept opaque (152 bytes on glibc x86-64 and arm64): only its first field, the
+    # handler's address, is read. Python's C-level handler is one function for every signal, and
+    # MindSpore leaves SIGTERM alone: SIGTERM's action (a Python handler, see handle_interrupts) is the
+    # one to put back on SIGINT.
+    python_action = ctypes.create_string_buffer(512)
+    if libc.sigaction(int(signal.SIGTERM), None, python_action) != 0:
+        return
+    python_handler = ctypes.c_void_p.from_buffer(python_action).value
+    if python_handler in (None, 0, 1):  # SIG_DFL / SIG_IGN: no Python handler to copy
+        return
+
+    def watch() -> None:
+        current = ctypes.create_string_buffer(512)
+        while True:
+            time.sleep(SIGNAL_WATCH_S)
+            if libc.sigaction(int(signal.SIGINT), None, current) != 0:
+                continue
+            installed = ctypes.c_void_p.from_buffer(current).value
+            # Only a foreign handler is replaced: SIG_DFL / SIG_IGN were set from Python on purpose.
+            if installed not in (None, 0, 1, python_handler) and callable(signal.getsignal(signal.SIGINT)):
+                libc.sigaction(int(signal.SIGINT), python_action, None)
+
+    _watcher = threading.Thread(target=watch, name="pangu-sigint-watch", daemon=True)
+    _watcher.start()
 
 
 def cpu_cores() -> int:

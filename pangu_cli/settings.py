@@ -32,6 +32,7 @@ class ImageSettings:
     model_fingerprint: str = ""
     language: str = ""
     ratio: str = ""
+    ensemble: dict | None = None  # a Coop-Diffusion recipe (`pangu_cli.ensemble`); None: the model's own split
 
     def active_styles(self) -> list[tuple[str, float]]:
         """Style branches with a non-zero scale, in the reference's branch order."""
@@ -53,6 +54,8 @@ class ImageSettings:
         data = asdict(self)
         data.pop("language", None)
         data.pop("ratio", None)
+        if data["ensemble"] is None:  # keys of images made before recipes existed stay valid
+            del data["ensemble"]
         return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
 
     @classmethod

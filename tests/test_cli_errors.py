@@ -4,6 +4,7 @@ overwritten."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -235,6 +236,15 @@ def test_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "empty" / "model.json").write_text("{not json", encoding="utf-8")
     assert_error(run_cli("draw", "a cat", "--model", tmp_path / "empty", "--out", tmp_path / "o"), 3,
                  "model.json is not valid JSON")
+
+
+@pytest.mark.parametrize("shift", [0, -4, "16", True])
+def test_bad_noise_schedule_shift(tiny_model, tmp_path, shift):
+    model = broken_copy(tiny_model, tmp_path)
+    manifest = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    manifest["schedule"] = {"snr_shift": shift}
+    (model / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert_error(draw(model, tmp_path / "o", "a cat"), 3, "schedule.snr_shift", "positive number")
 
 
 def test_missing_checkpoint(tiny_model, tmp_path):

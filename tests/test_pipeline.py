@@ -202,12 +202,17 @@ def test_unknown_sampler_and_bad_size_are_usage_errors(ms, tiny):
 # The pipeline equals the same sampling written out by hand
 
 
-def test_pipeline_equals_manual_sampling(ms, tiny):
+@pytest.mark.parametrize("snr_shift", [1.0, 16.0])
+def test_pipeline_equals_manual_sampling(ms, tiny, snr_shift):
     from pangu_cli.sampling.denoisers import DiscreteEpsDenoiser, GuidedDenoiser
     from pangu_cli.sampling.guidance import Guidance
     from pangu_cli.sampling.samplers import sample_euler
-    from pangu_cli.sampling.schedules import reference_sigmas
+    from pangu_cli.sampling.schedules import reference_sigmas, sigma_table
 
+    if snr_shift != 1.0:  # the model's own noise schedule (model.json schedule.snr_shift) reaches the sampler
+        manifest = {**tiny.spec.manifest, "schedule": {"snr_shift": snr_shift}}
+        tiny = dataclasses.replace(tiny, spec=dataclasses.replace(tiny.spec, manifest=manifest))
+    table = sigma_table(snr_shift=snr_shift)
     steps, seed, switch_t = 3, 11, 700
     result = _generate(tiny, steps=steps, seed=seed, negative="blurry", switch_t=switch_t)
 
@@ -219,7 +224,7 @@ def test_pipeline_equals_manual_sampling(ms, tiny):
 
         return eps
 
-    denoisers = {role: DiscreteEpsDenoiser(eps_of(unet)) for role, unet in tiny.unets.items()}
+    denoisers = {role: DiscreteEpsDenoiser(eps_of(unet), table) for role, unet in tiny.unets.items()}
     timesteps = [999, 666, 333]  # the reference's 3-step schedule
     roles = ["structure" if i == 0 or timesteps[i - 1] >= switch_t else "texture" for i in range(steps)]
     assert roles == ["structure", "structure", "texture"]
@@ -228,7 +233,8 @@ def test_pipeline_equals_manual_sampling(ms, tiny):
     def by_step(x, sigma, c):
         return denoisers[next(step)](x, sigma, c)
 
-    sigmas = reference_sigmas(steps)
+    sigmas = reference_sigmas(steps, table=table)
+    assert math.isclose(float(sigmas[0]), 14.6146 * snr_shift ** 0.5, rel_tol=1e-4)
     noise = np.random.RandomState(seed).randn(1, 4, 4, 4).astype(np.float32)
     x = noise * np.float32(math.sqrt(1.0 + float(sigmas[0]) ** 2))
     latent = sample_euler(GuidedDenoiser(by_step, cond, Guidance(6.0, (4.0,))), x, sigmas)

@@ -12,6 +12,7 @@ from pangu_cli.sampling import (
     karras_sigmas,
     reference_sigmas,
     reference_timesteps,
+    shift_snr,
     sigma_table,
     sigma_to_t,
 )
@@ -31,6 +32,18 @@ def test_sigma_table_endpoints():
     assert table[0] == pytest.approx(0.0291675, abs=1e-6)
     assert table[999] == pytest.approx(14.6146555, abs=1e-5)
     assert np.all(np.diff(table) > 0)
+
+
+def test_snr_shift_divides_the_snr_and_scales_sigma():
+    ac = ddpm_alphas_cumprod().astype(np.float64)
+    shifted = shift_snr(ac, 16.0).astype(np.float64)
+    np.testing.assert_allclose(shifted / (1 - shifted), ac / (1 - ac) / 16.0, rtol=1e-5)
+    np.testing.assert_allclose(sigma_table(snr_shift=16.0), 4.0 * sigma_table(), rtol=1e-6)
+    np.testing.assert_allclose(sigma_table(shifted), sigma_table(snr_shift=16.0), rtol=1e-5)
+    assert np.array_equal(sigma_table(snr_shift=1.0), sigma_table())  # the reference's table, bit for bit
+    assert reference_sigmas(3, table=sigma_table(snr_shift=4.0))[0] == pytest.approx(2 * 14.6146555, rel=1e-6)
+    with pytest.raises(ValueError, match="snr_shift"):
+        shift_snr(ac, 0.0)
 
 
 def test_reference_timesteps_40():

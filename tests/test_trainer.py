@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pangu_cli.ratios import scale_size
+from pangu_cli.sampling.schedules import sigma_table
 from pangu_cli.training.config import load_config
 from pangu_cli.training.trainer import (TextTokenizer, ensure_tokenizers, export, make_batch, model_manifest,
                                         plan_step, train)
@@ -23,6 +24,9 @@ TINY = {
     "data": {"square_prob": 1.0},
     "optim": {"warmup_steps": 1, "lr": 2e-3, "text_lr": 2e-3, "ema_every": 3},
     "log_every": 1,
+    "probe_every": 2,
+    # Texture from the third step on (pangu-mini's own pattern gives it every fourth).
+    "phases": [{"name": "split", "pattern": ["structure", "structure", "texture"]}],
     "jit": False,  # PyNative: no compile time in tests (the jit step is checked against it separately)
 }
 
@@ -56,9 +60,11 @@ def test_batches_respect_time_ranges_sizes_and_are_deterministic(tokens_root):
                           "roles": {"structure": {"low_quality_prob": 0.5}}})
     tokenizer = TextTokenizer(model_manifest(config, sizes), root)
     buckets = config.buckets()
+    reference_snr = 1.0 / sigma_table().astype(np.float64) ** 2
+    assert config.snr_shift == 16.0
     seen = set()
     for step in range(6):
-        for role, (lo, hi) in (("structure", (500, 1000)), ("texture", (0, 500)), ("full", (0, 1000))):
+        for role, (lo, hi) in (("structure", (150, 1000)), ("texture", (0, 250)), ("full", (0, 1000))):
             batch = make_batch(config, tokenizer, step, role)
             assert batch["t"].min() >= lo and batch["t"].max() < hi
             width, height = buckets[batch["bucket_index"]]
@@ -67,8 +73,10 @@ def test_batches_respect_time_ranges_sizes_and_are_deterministic(tokens_root):
             assert batch["x0"].shape == (16, 3, expected[1], expected[0])
             assert batch["x0"].min() >= -1.0 and batch["x0"].max() <= 1.0
             assert np.all(batch["bucket"] == batch["bucket_index"])  # crops keep the full image's bucket
-            ac = batch["signal"] ** 2 + batch["sigma"] ** 2
-            np.testing.assert_allclose(ac, 1.0, rtol=1e-6)
+            np.testing.assert_allclose(batch["signal"] ** 2 + batch["sigma"] ** 2, 1.0, rtol=1e-6)
+            # The run's schedule: the reference's SNR divided by snr_shift, at each item's own t.
+            snr = (batch["signal"] / batch["sigma"]).ravel() ** 2
+            np.testing.assert_allclose(snr, reference_snr[batch["t"]] / config.snr_shift, rtol=1e-4)
             seen.add(batch["bucket_index"])
     assert len(seen) > 1
     a = make_batch(config, tokenizer, 3, "texture")
@@ -123,8 +131,10 @@ def test_text_tokenizer_matches_the_conditioner(ms, tokens_root):
 def test_steps_lower_the_loss_on_a_fixed_batch(ms, tmp_path):
     from pangu_cli.training.trainer import Trainer
 
-    # A lower rate than TINY's, so that six steps on one batch descend rather than oscillate.
-    config = load_config({**TINY, "batch_size": 4, "optim": {**TINY["optim"], "lr": 1e-3, "text_lr": 1e-3}})
+    # A lower rate than TINY's, so that six steps on one batch descend rather than oscillate; the reference
+    # schedule, whose structure range keeps more of the image to fit than the shifted one.
+    config = load_config({**TINY, "batch_size": 4, "snr_shift": 1.0,
+                          "optim": {**TINY["optim"], "lr": 1e-3, "text_lr": 1e-3}})
     trainer = Trainer(config, tmp_path)
     batch = make_batch(config, TextTokenizer(trainer.manifest, tmp_path), 0, "structure")
     inputs = [ms.Tensor(batch[k]) for k in ("x0", "noise", "signal", "sigma", "t")]
@@ -157,7 +167,10 @@ def test_resume_continues_bit_exactly(trained_runs):
     for key in a:  # weights, optimizer moments and EMA all continue as if never stopped
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     log = [json.loads(line) for line in (base / "a" / "log.jsonl").read_text().splitlines()]
-    assert [r["event"] for r in log if "event" in r] == ["start", "stop", "resume", "stop"]
+    assert [r["event"] for r in log if "event" in r] == ["start", "probe", "stop", "resume", "stop"]
+    probe = next(r for r in log if r.get("event") == "probe")
+    assert probe["step"] == 2 and probe["role"] == "structure"  # the texture UNet does not exist yet
+    assert probe["mse_right"] > 0 and probe["mse_rotated"] > 0
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
 
 
@@ -172,7 +185,7 @@ def test_export_loads_and_generates(trained_runs, tmp_path):
     folder = export(base / "a", tmp_path / "mini")
     manifest = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     assert manifest["vae"] is None and manifest["sampling"]["structure_scale"] == 0.25
-    assert manifest["prediction"] == "v"
+    assert manifest["prediction"] == "v" and manifest["schedule"] == {"snr_shift": 16.0}
     assert manifest["conditioning"] == {"routing": "language", "concat": "sequence"}
     texture = load_state(folder / "texture.safetensors")
     assert all(v.dtype == np.float16 for v in texture.values())
@@ -208,3 +221,20 @@ def test_compiled_step_matches_the_pynative_step(ms, tmp_path):
         losses[jit] = [float(step(*inputs).asnumpy()) for _ in range(3)]
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
     assert losses[True][-1] < losses[True][0]
+
+
+def test_text_probe_compares_own_and_rotated_captions(ms, tmp_path):
+    from pangu_cli.training.trainer import Trainer
+
+    trainer = Trainer(load_config({**TINY, "batch_size": 3}), tmp_path / "a")
+    assert trainer.text_probe("structure", "structure", batches=1)["text_gain"] == 0.0  # zero-init outputs
+    rng = np.random.default_rng(0)
+    for param in trainer.unet("structure").get_parameters():  # as if trained: every path carries signal
+        param.set_data(ms.Tensor(param.asnumpy() + 0.05 * rng.standard_normal(param.shape).astype(np.float32)))
+    probe = trainer.text_probe("structure", "structure", batches=1)
+    assert probe["mse_right"] > 0 and probe["mse_rotated"] > 0
+    assert probe["mse_right"] != probe["mse_rotated"]
+    # Every caption dropped: rotating identical (empty) captions changes nothing.
+    blind = Trainer(load_config({**TINY, "batch_size": 3, "data": {**TINY["data"], "cond_drop": 1.0}}), tmp_path / "b")
+    probe = blind.text_probe("structure", "structure", batches=1)
+    assert probe["mse_right"] == probe["mse_rotated"] and probe["text_gain"] == 0.0

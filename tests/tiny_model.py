@@ -77,6 +77,12 @@ def _randomise(cell, rng: np.random.Generator) -> None:
         param.set_data(ms.Tensor(values.reshape(param.shape)))
 
 
+def pixel_space_overrides() -> dict:
+    """make_tiny_model(**these): a pixel-space model (no autoencoder, 3-channel UNet), another latent space."""
+    unet = {**TINY_MANIFEST["unet"], "in_channels": 3, "out_channels": 3}
+    return {"name": "tinypix", "vae": None, "unet": unet, "buckets": [[16, 16], [20, 12], [12, 20]]}
+
+
 def make_tiny_model(folder: Path, seed: int = 0, two_stage: bool = True, **overrides) -> Path:
     """Create the model folder (manifest, tokenizers, random checkpoints); return it."""
     from pangu_cli.models.checkpoint import cell_state, save_state
@@ -101,6 +107,8 @@ def make_tiny_model(folder: Path, seed: int = 0, two_stage: bool = True, **overr
              VAE_PREFIX: build_vae(spec)}
     texture = {}
     for prefix, cell in cells.items():
+        if cell is None:  # a pixel-space model has no autoencoder
+            continue
         _randomise(cell, rng)
         texture.update(cell_state(cell, prefix))
     save_state(texture, folder / "texture.safetensors")

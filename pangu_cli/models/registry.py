@@ -84,6 +84,16 @@ class ModelSpec:
         return self.manifest.get("prediction", "eps")
 
     @property
+    def snr_shift(self) -> float:
+        """The model's noise schedule is the reference DDPM table with its SNR divided by this (1: as is)."""
+        return float(self.manifest.get("schedule", {}).get("snr_shift", 1.0))
+
+    def sigma_table(self):
+        from pangu_cli.sampling.schedules import sigma_table
+
+        return sigma_table(snr_shift=self.snr_shift)
+
+    @property
     def style_prefixes(self) -> dict[str, str]:
         return dict(self.manifest.get("style_prefixes", {}))
 
@@ -155,6 +165,9 @@ def read_manifest(folder: Path) -> dict:
             raise ModelError(f"{file} lacks the field '{key}'", "re-create the model folder")
     if manifest.get("prediction", "eps") not in ("eps", "v"):
         raise ModelError(f"{file}: 'prediction' is {manifest['prediction']!r}", "use \"eps\" or \"v\"")
+    shift = manifest.get("schedule", {}).get("snr_shift", 1.0)
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not shift > 0:
+        raise ModelError(f"{file}: 'schedule.snr_shift' is {shift!r}", "use a positive number (1 = the reference schedule)")
     return manifest
 
 

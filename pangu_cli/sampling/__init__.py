@@ -26,6 +26,7 @@ from pangu_cli.sampling.schedules import (
     karras_sigmas,
     reference_sigmas,
     reference_timesteps,
+    shift_snr,
     sigma_table,
     sigma_to_t,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "sample_coop",
     "sample_dpmpp_2m",
     "sample_euler",
+    "shift_snr",
     "sigma_table",
     "sigma_to_t",
     "stack_conds",

@@ -16,14 +16,15 @@ from typing import Callable
 import mindspore as ms
 import numpy as np
 
+from pangu_cli.ensemble import EnsemblePlan, plan_for
 from pangu_cli.errors import UsageError
 from pangu_cli.models.loader import LoadedModel
-from pangu_cli.ratios import scale_size
-from pangu_cli.sampling.coop import Member, resize, sample_coop, sigma_between
-from pangu_cli.sampling.denoisers import DiscreteEpsDenoiser, GuidedDenoiser, switch_plan
+from pangu_cli.models.registry import ModelSpec
+from pangu_cli.ratios import make_buckets, nearest_bucket
+from pangu_cli.sampling.coop import IdentityCodec, Member, resize, sample_coop
+from pangu_cli.sampling.denoisers import DiscreteEpsDenoiser, GuidedDenoiser
 from pangu_cli.sampling.guidance import Guidance
 from pangu_cli.sampling.samplers import SAMPLERS
-from pangu_cli.sampling.schedules import reference_sigmas
 from pangu_cli.settings import ImageSettings
 
 
@@ -48,89 +49,108 @@ def unet_eps_model(unet) -> Callable:
     return eps
 
 
-def latent_shape(model: LoadedModel, width: int, height: int) -> tuple[int, int, int, int]:
-    factor = model.spec.latent_factor
-    if width % factor or height % factor:
-        raise UsageError(f"size {width}x{height} is not a multiple of {factor}", "pick a size from `pangu ratios`")
-    channels = model.spec.manifest["unet"]["in_channels"]
-    return (1, channels, height // factor, width // factor)
+class VAECodec:
+    """A latent-space model's autoencoder as a Coop-Diffusion codec (posterior mean: deterministic)."""
+
+    def __init__(self, model: LoadedModel):
+        self.vae = model.vae
+        self.factor = model.spec.latent_factor
+        self.channels = int(model.spec.manifest["unet"]["in_channels"])
+        self.space = ("vae", str(model.spec.root))
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        return self.vae.encode_to_latent(ms.Tensor(np.asarray(pixels, np.float32))).asnumpy()
+
+    def decode(self, latent: np.ndarray) -> np.ndarray:
+        return self.vae.decode_from_latent(ms.Tensor(np.asarray(latent, np.float32))).asnumpy()
+
+
+def codec_of(model: LoadedModel):
+    return VAECodec(model) if model.vae is not None else IdentityCodec(int(model.spec.manifest["unet"]["in_channels"]))
 
 
 class Generator:
-    """Generates images one at a time with a loaded model; the model stays loaded between calls."""
+    """Generates images one at a time with a loaded model; the model stays loaded between calls.
 
-    def __init__(self, model: LoadedModel):
+    Every image is one Coop-Diffusion run (`sampling.coop`) over an ensemble (`pangu_cli.ensemble`): the
+    model's own structure → texture split unless the settings carry a recipe. Models a recipe names besides
+    the loaded one are loaded on first use with `load` and kept.
+    """
+
+    def __init__(self, model: LoadedModel, load: Callable[[ModelSpec], LoadedModel] | None = None):
         self.model = model
+        self.load = load
+        self.loaded: dict[str, LoadedModel] = {str(model.spec.root): model}
 
-    def branch_texts(self, s: ImageSettings) -> tuple[Guidance, list[str]]:
+    def model_for(self, spec: ModelSpec) -> LoadedModel:
+        key = str(spec.root)
+        if key not in self.loaded:
+            if self.load is None:
+                raise UsageError(f"model '{spec.name}' is not loaded", "this generator cannot load other models")
+            self.loaded[key] = self.load(spec)
+        return self.loaded[key]
+
+    def branch_texts(self, s: ImageSettings, model: LoadedModel | None = None,
+                     scale: float | None = None) -> tuple[Guidance, list[str]]:
+        model = model or self.model
         styles = s.active_styles()
-        prefixes = self.model.spec.style_prefixes
+        prefixes = model.spec.style_prefixes
         unknown = [name for name, _ in styles if name not in prefixes]
         if unknown:
-            raise UsageError(f"model '{self.model.spec.name}' has no style branch '{unknown[0]}'",
+            raise UsageError(f"model '{model.spec.name}' has no style branch '{unknown[0]}'",
                              f"available: {', '.join(prefixes) or 'none'}")
-        guidance = Guidance(s.guidance, tuple(scale for _, scale in styles))
+        guidance = Guidance(s.guidance if scale is None else scale, tuple(scale for _, scale in styles))
         texts = guidance.branches(s.negative, s.prompt, [prefixes[name] + s.prompt for name, _ in styles])
         return guidance, texts
+
+    def plan(self, s: ImageSettings) -> EnsemblePlan:
+        """The ensemble of these settings resolved against its models and the schedule (no network runs)."""
+        return plan_for(self.model.spec, s)
 
     def generate(self, s: ImageSettings, on_step: Callable[[dict], None] | None = None) -> Generated:
         if s.sampler not in SAMPLERS:
             raise UsageError(f"unknown sampler '{s.sampler}'", f"use one of: {', '.join(SAMPLERS)}")
-        timings = {}
-        start = time.perf_counter()
-        guidance, texts = self.branch_texts(s)
-        cond = self.model.conditioner.encode(texts, s.bucket_index)
-        truncated = sorted({note for notes in cond.truncated for note in notes})
-        timings["encode"] = time.perf_counter() - start
+        timings = {"encode": 0.0}
+        plan = self.plan(s)
+        conds: dict[tuple, dict] = {}  # one text encoding per model and set of branches
+        truncated: set[str] = set()
+        members = []
+        for mp in plan.members:
+            model = self.model_for(mp.model)
+            guidance, texts = self.branch_texts(s, model, mp.spec.guidance)
+            key = (str(mp.model.root), tuple(texts))
+            if key not in conds:
+                start = time.perf_counter()
+                bucket = s.bucket_index if model is self.model else \
+                    nearest_bucket(make_buckets(mp.model.buckets), s.width / s.height).index
+                encoded = model.conditioner.encode(texts, bucket)
+                truncated.update(note for notes in encoded.truncated for note in notes)
+                conds[key] = encoded.as_cond()
+                timings["encode"] += time.perf_counter() - start
+            cond = conds[key]
+            unet = dict(model.experts)[mp.role]
+            denoiser = DiscreteEpsDenoiser(unet_eps_model(unet), mp.model.sigma_table(), prediction=mp.model.prediction)
+            sigma_min, sigma_max = plan.sigma_range(mp)
+            members.append(Member(mp.spec.name, GuidedDenoiser(denoiser, cond, guidance), mp.latent_hw,
+                                  codec=codec_of(model), sigma_min=sigma_min, sigma_max=sigma_max,
+                                  weight=mp.spec.weight))
 
         start = time.perf_counter()
-        sigmas = reference_sigmas(s.steps)
-        members, structure_only = self.members(s, sigmas, cond.as_cond(), guidance)
-        latent, plan = sample_coop(members, sigmas, s.seed, sampler=s.sampler, callback=on_step)
-        if structure_only:  # every step below the switch: the structure result, brought to the output size
-            latent = resize(latent, latent_shape(self.model, s.width, s.height)[2:])
-        expert_steps = [step.lead for step in plan.steps]
+        latent, coop = sample_coop(members, plan.sigmas, s.seed, sampler=s.sampler, mode=plan.ensemble.mode,
+                                   callback=on_step)
+        final = next(mp for mp in plan.members if mp.spec.name == coop.steps[-1].lead)
+        factor = final.model.latent_factor
+        # A run that ends below the output size (every step on a low-resolution member): resize its result.
+        latent = resize(latent, (s.height // factor, s.width // factor))
         timings["denoise"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        pixels = self.decode(latent)
+        pixels = self.decode(latent, self.model_for(final.model))
         timings["decode"] = time.perf_counter() - start
-        return Generated(pixels, latent, expert_steps, truncated, timings)
+        return Generated(pixels, latent, [step.lead for step in coop.steps], sorted(truncated), timings)
 
-    def members(self, s: ImageSettings, sigmas: np.ndarray, cond: dict, guidance: Guidance
-                ) -> tuple[list[Member], bool]:
-        """The Coop-Diffusion members of this model: one UNet, or structure → texture split at the switch.
-
-        The structure steps run at `structure_scale` × the output size; at the hand-over the sampler resizes
-        the structure model's clean estimate and re-noises it with fresh i.i.d. noise at that sigma, never
-        the noisy sample (Coop-Diffusion §3.4), so the texture model sees the noise it was trained on.
-        Returns the members and whether only the structure member runs (its result is then resized).
-        """
-        prediction = self.model.spec.prediction
-        experts = [(role, GuidedDenoiser(DiscreteEpsDenoiser(unet_eps_model(unet), prediction=prediction),
-                                         cond, guidance)) for role, unet in self.model.experts]
-        _, channels, height, width = latent_shape(self.model, s.width, s.height)
-        if len(experts) == 1:
-            (name, denoiser), = experts
-            return [Member(name, denoiser, (height, width), channels=channels)], False
-        (structure, structure_d), (texture, texture_d) = experts
-        low = (height, width)
-        scale = float(self.model.spec.sampling.get("structure_scale", 1.0))
-        if scale != 1.0:
-            levels = len(self.model.spec.manifest["unet"].get("channel_mult", [1]))
-            multiple = self.model.spec.latent_factor * 2 ** (levels - 1)
-            low = latent_shape(self.model, *scale_size(s.width, s.height, scale, multiple))[2:]
-        k = switch_plan(sigmas, switch_t=s.switch_t, lag=s.switch_lag).steps.count(0)
-        if k == 0:
-            return [Member(texture, texture_d, (height, width), channels=channels)], False
-        if k == len(sigmas) - 1:
-            return [Member(structure, structure_d, low, channels=channels)], low != (height, width)
-        boundary = sigma_between(sigmas, k)
-        return [Member(structure, structure_d, low, sigma_min=boundary, channels=channels),
-                Member(texture, texture_d, (height, width), sigma_max=boundary, channels=channels)], False
-
-    def decode(self, latent: np.ndarray) -> np.ndarray:
-        vae = self.model.vae
+    def decode(self, latent: np.ndarray, model: LoadedModel | None = None) -> np.ndarray:
+        vae = (model or self.model).vae
         image = vae.decode_from_latent(ms.Tensor(latent)).asnumpy() if vae is not None else latent
         image = np.clip((image[0].transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
         return np.round(image * 255.0).astype(np.uint8)

@@ -22,10 +22,27 @@ def ddpm_alphas_cumprod(
     return np.cumprod(1.0 - betas, axis=0)
 
 
-def sigma_table(alphas_cumprod: np.ndarray | None = None) -> np.ndarray:
+def shift_snr(alphas_cumprod: np.ndarray, snr_shift: float) -> np.ndarray:
+    """ᾱ_t of the schedule whose signal-to-noise ratio is SNR_t / `snr_shift` at every t.
+
+    A schedule made for large latents leaves the low frequencies of a small image almost noise-free at
+    t = T−1 (at 32×32 pixels the image mean is still visible at ᾱ = 0.005), so the starting noise, not the
+    prompt, decides the layout. Dividing the SNR by (resolution ratio)² restores the destruction the
+    schedule had at its design resolution (Hoogeboom et al. 2023, "simple diffusion"). In σ form it is
+    σ_t · √shift.
+    """
+    if not snr_shift > 0:
+        raise ValueError(f"snr_shift must be positive, got {snr_shift}")
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    return (ac / (ac + snr_shift * (1.0 - ac))).astype(np.float32)
+
+
+def sigma_table(alphas_cumprod: np.ndarray | None = None, snr_shift: float = 1.0) -> np.ndarray:
     """σ_t for every training timestep t = 0 … T−1 (ascending), float32."""
     ac = ddpm_alphas_cumprod() if alphas_cumprod is None else np.asarray(alphas_cumprod, dtype=np.float32)
-    return ((1 - ac) / ac) ** 0.5
+    sigmas = ((1 - ac) / ac) ** 0.5
+    # Scaling σ directly keeps the unshifted table bit-identical to the reference's.
+    return sigmas if snr_shift == 1.0 else (sigmas * np.float32(snr_shift ** 0.5)).astype(np.float32)
 
 
 def reference_timesteps(n: int, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
@@ -37,9 +54,11 @@ def reference_timesteps(n: int, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.
     return np.linspace(num_timesteps - 1, 0, n, endpoint=False).astype(int)
 
 
-def reference_sigmas(n: int, append_zero: bool = True, alphas_cumprod: np.ndarray | None = None) -> np.ndarray:
-    """Descending float32 sigmas of `LegacyDDPMDiscretization(n)`, with the final 0 when `append_zero`."""
-    table = sigma_table(alphas_cumprod)
+def reference_sigmas(n: int, append_zero: bool = True, alphas_cumprod: np.ndarray | None = None,
+                     table: np.ndarray | None = None) -> np.ndarray:
+    """Descending float32 sigmas of `LegacyDDPMDiscretization(n)` (over `table` when given, e.g. a
+    shifted one), with the final 0 when `append_zero`."""
+    table = sigma_table(alphas_cumprod) if table is None else np.asarray(table, np.float32)
     sigmas = table[reference_timesteps(n, len(table))]
     return _append_zero(sigmas) if append_zero else sigmas
 

@@ -118,11 +118,16 @@ class RoleConfig:
 
 
 def default_roles() -> dict[str, RoleConfig]:
+    # Where the generators meet: under pangu-mini's shifted schedule (snr_shift 16) t = 500 is σ = 6.5,
+    # where the objects of a 32×32 image are still undecided (an 8×8 object's mean is buried in noise of
+    # std 0.8); at t = 200 (σ = 2.3, std 0.3) layout, colours and shapes are settled. So the structure
+    # generator owns t >= 200 (trained from 150, so the switch never lands at the edge of its range) and
+    # the texture generator, which only adds detail at full size, t < 200 (trained to 250).
     return {
-        # Structure generator: large-noise half, low resolution, all data (low-quality renders included).
-        "structure": RoleConfig(500, 1000, "low", low_quality_prob=0.3),
-        # Texture generator: small-noise half, crops of full-resolution high-quality renders only.
-        "texture": RoleConfig(0, 500, "crop", crop_size=(32, 32)),
+        # Structure generator: large-noise range, low resolution, all data (low-quality renders included).
+        "structure": RoleConfig(150, 1000, "low", low_quality_prob=0.3),
+        # Texture generator: small-noise range, crops of full-resolution high-quality renders only.
+        "texture": RoleConfig(0, 250, "crop", crop_size=(32, 32)),
         # The single-model baseline: all timesteps, full-resolution high-quality renders.
         "full": RoleConfig(0, 1000, "full"),
     }
@@ -141,8 +146,9 @@ class PhaseConfig:
 
 
 def default_phases() -> list[PhaseConfig]:
-    # Structure gets two steps for each texture step: layout, colour and shape are decided at large noise.
-    return [PhaseConfig("split", 0, ("structure", "structure", "texture"))]
+    # Structure gets three steps for each texture step: it owns 85% of the timesteps, and layout, colour
+    # and shape are decided there.
+    return [PhaseConfig("split", 0, ("structure", "structure", "structure", "texture"))]
 
 
 @dataclass
@@ -178,7 +184,7 @@ class SamplingConfig:
     steps: int = 20
     sampler: str = "euler"
     guidance: float = 3.0
-    switch_t: int = 500
+    switch_t: int = 200  # see default_roles
     switch_lag: bool = False  # clean t >= 500 rule: each generator only sees its training range
     styles: dict[str, float] = field(default_factory=dict)
 
@@ -198,6 +204,11 @@ class TrainConfig:
     # v-prediction: an ε target carries almost no signal at the large-noise steps the structure
     # generator owns (ε ≈ x_t there), so the v target is what makes its training samples count.
     prediction: str = "v"
+    # The reference DDPM table is made for 128×128 latents; at the 32×32 structure resolution it leaves the
+    # image's colours visible through the noise at t = T−1, so the sampler's starting noise decides them
+    # and the prompt cannot (measured: background colours followed the seed). SNR ÷ (128/32)² restores
+    # the destruction the table has at its design size. model.json carries it as schedule.snr_shift.
+    snr_shift: float = 16.0
     style_prefixes: dict[str, str] = field(default_factory=lambda: {"art": "義 ", "anime": "饅 ", "photo": "霙 "})
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -209,6 +220,9 @@ class TrainConfig:
     tokenizer: TokenizerBuild = field(default_factory=TokenizerBuild)
     checkpoint_every_s: float = 300.0
     log_every: int = 10
+    # Every this many steps, log how much the captions help: v-MSE on held batches with their own captions
+    # against the same batches with the captions rotated by one (0 = never).
+    probe_every: int = 200
     jit: bool = True  # compile the whole training step with ms.jit (bench/PERF.md: fastest on CPU)
     threads: int | None = None  # MindSpore runtime_num_threads
 
@@ -228,6 +242,8 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if self.prediction not in ("eps", "v"):
             raise UsageError(f"prediction must be \"eps\" or \"v\", not {self.prediction!r}")
+        if not self.snr_shift > 0:
+            raise UsageError(f"snr_shift must be positive, not {self.snr_shift!r}")
         for name, role in self.roles.items():
             if role.data not in DATA_KINDS:
                 raise UsageError(f"role '{name}': data must be one of {', '.join(DATA_KINDS)}")
@@ -274,9 +290,9 @@ def single_model_config() -> TrainConfig:
 def ediff_config(shared_steps: int = 2000) -> TrainConfig:
     """eDiff-I style: one shared UNet on both halves' batches first, then split into the two experts."""
     return TrainConfig(phases=[
-        PhaseConfig("shared", shared_steps, ("structure", "structure", "texture"),
+        PhaseConfig("shared", shared_steps, ("structure", "structure", "structure", "texture"),
                     unets={"structure": "shared", "texture": "shared"}),
-        PhaseConfig("split", 0, ("structure", "structure", "texture"),
+        PhaseConfig("split", 0, ("structure", "structure", "structure", "texture"),
                     init={"structure": "shared", "texture": "shared"}),
     ])
 

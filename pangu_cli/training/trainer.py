@@ -42,6 +42,7 @@ CONDITIONER_PREFIX = "conditioner."
 CHECKPOINT_META = "checkpoint.json"
 LOG_FILE = "log.jsonl"
 SQUARE = (64, 64)
+PROBE_STEP = 10**9  # held batches for `Trainer.text_probe`: a step number training never reaches
 
 
 # ================================================================================================ schedule
@@ -67,10 +68,12 @@ def plan_step(config: TrainConfig, step: int) -> StepPlan | None:
     return None
 
 
-def alphas_cumprod() -> np.ndarray:
-    from pangu_cli.sampling.schedules import ddpm_alphas_cumprod
+def alphas_cumprod(config: TrainConfig) -> np.ndarray:
+    """ᾱ_t of the run's noise schedule: the reference table with its SNR divided by `snr_shift`."""
+    from pangu_cli.sampling.schedules import ddpm_alphas_cumprod, shift_snr
 
-    return ddpm_alphas_cumprod()
+    table = ddpm_alphas_cumprod()
+    return table if config.snr_shift == 1.0 else shift_snr(table, config.snr_shift)
 
 
 # ==================================================================================================== data
@@ -89,6 +92,7 @@ def model_manifest(config: TrainConfig, vocab_sizes: dict[str, int], two_stage: 
         "unet": config.unet_params(),
         "vae": None,
         "prediction": config.prediction,
+        "schedule": {"snr_shift": config.snr_shift},
         "text_encoders": config.text.encoders(vocab_sizes),
         "conditioning": {"routing": "language", "concat": "sequence"},
         "size_embedding": {"dim": config.text.size_embed_dim},
@@ -181,7 +185,7 @@ def make_batch(config: TrainConfig, tokenizer: TextTokenizer, step: int, role_na
     x0 = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
     t = rng.integers(role.t_min, role.t_max, config.batch_size).astype(np.int32)
     noise = rng.standard_normal(x0.shape, dtype=np.float32)
-    ac = alphas_cumprod()[t].astype(np.float32)
+    ac = alphas_cumprod(config)[t].astype(np.float32)
     return {
         "step": step, "role": role_name, "texts": texts, "bucket_index": index,
         "x0": x0, "noise": noise, "t": t,
@@ -552,6 +556,34 @@ class Trainer:
         self.elapsed = float(meta["elapsed_s"])
         self.loaded_from = self.step
 
+    def text_probe(self, role: str, unet_name: str, batches: int = 2) -> dict[str, float]:
+        """How much the captions help UNet `unet_name` on `role` batches: mean v-/ε-MSE on held batches
+        (steps that training never reaches) with their own captions and with the captions rotated by one.
+        Uses the live weights."""
+        ms = self.ms
+        if not hasattr(self, "_probe_tokenizer"):
+            self._probe_tokenizer = TextTokenizer(self.manifest, self.run_dir)
+        unet, cond = self.unet(unet_name), self.conditioner
+        v_target = self.config.prediction == "v"
+        totals = {"right": 0.0, "rotated": 0.0}
+        unet.set_train(False)
+        cond.set_train(False)
+        try:
+            for k in range(batches):
+                batch = make_batch(self.config, self._probe_tokenizer, PROBE_STEP + k, role)
+                x0, noise, a, s = batch["x0"], batch["noise"], batch["signal"], batch["sigma"]
+                target = a * noise - s * x0 if v_target else noise
+                rotated = self._probe_tokenizer(batch["texts"][1:] + batch["texts"][:1])
+                for key, tokens in (("right", batch["tokens"]), ("rotated", rotated)):
+                    context, y = cond(tuple(ms.Tensor(t) for t in tokens), ms.Tensor(batch["bucket"]))
+                    out = unet(ms.Tensor(a * x0 + s * noise), ms.Tensor(batch["t"]), context, y).asnumpy()
+                    totals[key] += float(np.mean((out - target) ** 2)) / batches
+        finally:
+            unet.set_train(True)
+            cond.set_train(True)
+        return {"mse_right": round(totals["right"], 5), "mse_rotated": round(totals["rotated"], 5),
+                "text_gain": round(1.0 - totals["right"] / totals["rotated"], 4)}
+
     def current_lr(self, name: str) -> float:
         opt = self.optimizers[name]
         return float(opt.learning_rate(opt.global_step).asnumpy())
@@ -604,7 +636,10 @@ def train(config: str | Path | dict | TrainConfig | None, run_dir: str | Path, m
     def on_signal(signum, _frame):
         stop["reason"] = signal.Signals(signum).name
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    from pangu_cli import runtime
+
+    # through runtime: MindSpore would otherwise turn a Ctrl-C into a SIGTERM during the steps
+    previous = runtime.handle_interrupts(on_signal)
     source = BatchSource(cfg, run_dir, first, process=data_process)
     losses: dict[str, list[float]] = defaultdict(list)
     window = {"start": time.perf_counter(), "samples": 0, "wait": 0.0, "steps": 0}
@@ -651,6 +686,14 @@ def train(config: str | Path | dict | TrainConfig | None, run_dir: str | Path, m
                 say(json.dumps(record, ensure_ascii=False))
                 losses.clear()
                 window = {"start": now, "samples": 0, "wait": 0.0, "steps": 0}
+            if cfg.probe_every and trainer.step % cfg.probe_every == 0:
+                phase, probe_start = cfg.phases[plan.phase_index], time.perf_counter()
+                for role in sorted(r for r in set(phase.pattern) if phase.unet_for(r) in trainer.unets):
+                    record = {"event": "probe", "step": trainer.step, "role": role,
+                              **trainer.text_probe(role, phase.unet_for(role))}
+                    _log_line(run_dir, record)
+                    say(json.dumps(record, ensure_ascii=False))
+                window["start"] += time.perf_counter() - probe_start  # keep samples/s about training
             if time.perf_counter() - last_save >= cfg.checkpoint_every_s:
                 trainer.save()
                 last_save = time.perf_counter()
