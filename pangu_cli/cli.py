@@ -36,6 +36,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 class _State:
     debug = False
+    argv: list[str] = []  # the arguments of this invocation (`batch --workers` hands them to msrun)
 
 
 def _version(value: bool) -> None:
@@ -717,6 +718,9 @@ def batch(
     offload: bool = typer.Option(False, "--offload", help="Keep one UNet in memory at a time (two-stage models): "
                                  "about half the UNet memory, the texture UNet loads at the switch."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Process only part i of n (1-based), e.g. 2/4."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Run N workers on this machine under MindSpore's "
+                                          "msrun (each takes every N-th prompt); under msrun itself, leave it out."),
+    port: Optional[int] = typer.Option(None, "--port", help="msrun's master port for --workers (default: a free one)."),
     strict: bool = typer.Option(False, "--strict", help="A bad line stops the run before anything is drawn."),
     encoding: Optional[str] = typer.Option(None, "--encoding", help="Prompt-file encoding (default: UTF-8, GB18030 detected)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be made; generate nothing."),
@@ -733,6 +737,20 @@ def batch(
     from pangu_cli.models import registry
     from pangu_cli.runner import BatchReport, Runner, image_record, plan_batch, run_batch
 
+    from pangu_cli import distributed
+
+    rank = None
+    if distributed.under_msrun() or distributed.under_scheduler():
+        if workers is not None or shard is not None:
+            raise UsageError(f"{'--workers' if workers is not None else '--shard'} given to a worker that msrun "
+                             "started", "msrun splits the prompts between its workers; leave it out")
+        rank = distributed.join(device, precision)  # msrun's scheduler process never returns from here
+        shard = rank.shard if rank.size > 1 else None
+        quiet = quiet or not rank.main  # human progress from rank 0; --json records from every rank
+    elif workers is not None:
+        distributed.check_workers(workers)
+    elif port is not None:
+        raise UsageError("--port needs --workers", "give --workers N, or leave --port out")
     jobs = batch_files.read_jobs(source, encoding=encoding)
     for warning in jobs.warnings:
         err.print(f"[yellow]warning[/]: {warning}")
@@ -766,20 +784,94 @@ def batch(
         if report.exit_code:
             raise typer.Exit(report.exit_code)
         return
+    if workers is not None:
+        code = _run_workers(workers, port, out_path, planned, report, as_json, quiet)
+        raise typer.Exit(code)
     part = "manifest" if not shard else "manifest-" + shard.replace("/", "of")
+    if rank is not None:
+        distributed.check_shared_folder(out_path, rank)
     _set_offload(offload)
     run_batch(runner, planned, part, emit, device, precision, report, out_path)
     for failure in report.failed_lines:
         err.print(f"[red]failed[/] {failure}")
     runner.note(f"{report.done} made, {report.adopted} recovered, {report.skipped} already complete, "
-                f"{len(report.failed_lines)} failed lines")
+                f"{len(report.failed_lines)} failed lines" + (f" (rank {rank.rank} of {rank.size})" if rank else ""))
+    if rank is not None:
+        # One finish for all: msrun takes a worker's non-zero exit for a crash and stops the others, so
+        # bad lines are reported (above) but do not end the worker with code 5.
+        distributed.barrier()
+        return
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+def _run_workers(workers: int, port: int | None, out_path: str, planned, report, as_json: bool,
+                 quiet: bool) -> int:
+    """`batch --workers N`: the same command under msrun, with an overall progress bar read from the
+    workers' manifest parts; --json records are collected from the workers' logs, each image once."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pangu_cli import batch as batch_files
+    from pangu_cli import distributed
+
+    argv = _without_options(_State.argv, {"--workers", "--port"})
+    todo = {p.key for p in planned}
+
+    def complete() -> int:
+        done = batch_files.Completed.load(out_path) if Path(out_path).is_dir() else ()
+        return sum(1 for key in todo if key in done)
+
+    before = complete()
+    process, logs = distributed.launch(workers, port, Path(out_path), argv)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True, disable=quiet)
+    try:
+        with progress:
+            task = progress.add_task(f"{workers} workers", total=len(todo))
+            while process.poll() is None:
+                time.sleep(1.0)
+                progress.update(task, completed=complete())
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait(timeout=30)
+        raise
+    if as_json:
+        for record in distributed.worker_records(logs):
+            _emit_json(record)
+    finished = complete()
+    missing = len(todo) - finished
+    for failure in report.failed_lines:
+        err.print(f"[red]failed[/] {failure}")
+    if process.returncode != 0 or missing:
+        raise PanguError(f"msrun ended with code {process.returncode} and {missing} images missing",
+                         f"see the worker logs in {logs}; run the same command again to finish")
+    if not quiet:
+        err.print(f"{finished} images complete in {out_path} ({finished - before} new) with {workers} workers")
+    return report.exit_code
+
+
+def _without_options(argv: list[str], names: set[str]) -> list[str]:
+    """argv with the options `names` (each taking one value, as `--x V` or `--x=V`) removed."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in names:
+            skip = True
+            continue
+        if any(arg.startswith(name + "=") for name in names):
+            continue
+        out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     import click
 
+    _State.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=argv, standalone_mode=False)
     except click.exceptions.Exit as exc:

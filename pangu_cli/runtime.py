@@ -107,10 +107,11 @@ def normalise_device(device: str) -> str:
 
 
 def setup(device: str = "auto", mode: str = "pynative", precision: str = "fp32",
-          threads: int | None = None) -> RuntimeInfo:
+          threads: int | None = None, device_id: int | None = None) -> RuntimeInfo:
     """Configure MindSpore once per process and return what was chosen.
 
-    `device="auto"` picks Ascend, then GPU, then CPU, whichever MindSpore can open.
+    `device="auto"` picks Ascend, then GPU, then CPU, whichever MindSpore can open. `device_id` binds an
+    accelerator card (a distributed worker passes its local rank); CPU ignores it.
     """
     global _current
     device = normalise_device(device)
@@ -135,7 +136,7 @@ def setup(device: str = "auto", mode: str = "pynative", precision: str = "fp32",
     import mindspore as ms
 
     notes: list[str] = []
-    chosen = _pick_device(ms, device, notes)
+    chosen = _pick_device(ms, device, notes, device_id)
     precision = resolve_precision(precision, chosen)
     if chosen != "CPU":
         isa, isa_source = None, "not used off CPU"
@@ -246,14 +247,17 @@ def device_hardware() -> dict[str, bool]:
     return {"Ascend": ascend, "GPU": gpu, "CPU": True}
 
 
-def _pick_device(ms, device: str, notes: list[str]) -> str:
+def _pick_device(ms, device: str, notes: list[str], device_id: int | None = None) -> str:
     # Probing a backend without its driver makes MindSpore log errors; only probe what is present.
     present = device_hardware()
     candidates = [device] if device != "auto" else [d for d in ("Ascend", "GPU", "CPU") if present[d]]
     errors = []
     for name in candidates:
         try:
-            ms.set_device(name)
+            if name != "CPU" and device_id is not None:
+                ms.set_device(name, int(device_id))
+            else:
+                ms.set_device(name)
             if name != "CPU":
                 # set_device is lazy; a tiny op proves the backend really opens.
                 ms.Tensor([1.0]) + 1
