@@ -113,9 +113,20 @@ def train_run(
     run_dir = Path(run)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--run {run_dir} is a file", "give a folder for the run")
+    import os
+
+    from pangu_cli import distributed
     from pangu_cli.training import trainer
 
-    options = dict(max_steps=steps, max_seconds=hours * 3600 if hours else None, data_process=not inline_data)
+    rank = None
+    if distributed.under_msrun() or distributed.under_scheduler():
+        # Data-parallel under msrun; its scheduler process never returns from join.
+        rank = distributed.join(os.environ.get("PANGU_TRAIN_DEVICE", "CPU"))
+    options = dict(max_steps=steps, max_seconds=hours * 3600 if hours else None, data_process=not inline_data,
+                   rank=rank)
+    if rank is not None and not rank.main:  # progress, records and the summary come from rank 0
+        trainer.train(source, run_dir, log=None, **options)
+        return
     if as_json:
         summary = trainer.train(source, run_dir, log=_train_json_log, **options)
     else:

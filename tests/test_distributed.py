@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pangu_cli import distributed
@@ -124,3 +125,70 @@ def test_bad_workers_and_port(tiny_model, tmp_path):
         assert_error(run_cli("batch", source, "--model", tiny_model, "--out", tmp_path / "o", "--workers", "2",
                              "--port", str(taken)), 2, f"port {taken} is in use")
     assert not (tmp_path / "o").exists() or not pngs(tmp_path / "o")
+
+
+TRAIN_TOML = """
+batch_size = 4
+log_every = 1
+probe_every = 0
+jit = false
+[unet]
+model_channels = 32
+channel_mult = [1, 2]
+attention_levels = [1]
+num_head_channels = 16
+[text]
+width = 32
+layers = 1
+heads = 2
+size_embed_dim = 16
+zh_max_length = 24
+en_max_length = 32
+[tokenizer]
+scenes = 60
+[data]
+square_prob = 1.0
+[optim]
+warmup_steps = 1
+lr = 2e-3
+text_lr = 2e-3
+[[phases]]
+name = "split"
+pattern = ["structure", "structure", "texture"]
+"""
+
+
+def _losses(run: Path) -> list[float]:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [next(iter(r["loss"].values())) for r in records if "loss" in r]
+
+
+@pytest.mark.slow
+def test_two_workers_train_like_one_with_the_same_global_batch(tmp_path):
+    """Data parallel: each of 2 ranks takes half of the same global batch and the gradients are averaged,
+    so the loss curve equals a single process's (float sums in another order: within 1e-3 relative)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TRAIN_TOML, encoding="utf-8")
+    env = subprocess_env(tmp_path / ".config")
+    single = subprocess.run([sys.executable, "-m", "pangu_cli", "train", "run", "--run", str(tmp_path / "one"),
+                             "--config", str(config), "--steps", "4", "--inline-data", "--json"],
+                            capture_output=True, timeout=300, env=env, cwd=tmp_path)
+    assert single.returncode == 0, single.stderr.decode()
+    logs = tmp_path / "msrun-logs"
+    entry = tmp_path / "entry.py"
+    entry.write_text(distributed.ENTRY, encoding="utf-8")
+    command = distributed.msrun_command(2, distributed.free_port(), logs, entry,
+                                       ["train", "run", "--run", str(tmp_path / "two"), "--config", str(config),
+                                        "--steps", "4", "--inline-data", "--json"])
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    double = subprocess.run(command, capture_output=True, timeout=420, env=env, cwd=tmp_path)
+    assert double.returncode == 0, (double.stdout.decode()[-3000:], [p.read_text()[-2000:] for p in logs.glob("*.log")])
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    np.testing.assert_allclose(two, one, rtol=1e-3)
+    assert len(list((tmp_path / "two").glob("checkpoint-*.safetensors"))) == 1  # rank 0 alone saves
+    events = [json.loads(line).get("event") for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1 and events.count("stop") == 1  # one log, from rank 0
+    records = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert {r.get("rank_batch") for r in records if "loss" in r} == {2}  # each rank trains half the batch
+    assert next(r for r in records if r.get("event") == "start")["ranks"] == 2

@@ -344,7 +344,8 @@ class EMA:
 class Trainer:
     """The networks, optimizers, EMA and counters of one run directory; `run` trains, `save` checkpoints."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None] | None = None):
+    def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None] | None = None,
+                 rank: Any = None):
         from pangu_cli import runtime
 
         runtime.setup("CPU" if not os.environ.get("PANGU_TRAIN_DEVICE") else os.environ["PANGU_TRAIN_DEVICE"],
@@ -354,6 +355,15 @@ class Trainer:
         from pangu_cli.models.conditioner import Conditioner
 
         self.ms = ms
+        # Data parallel under msrun (`distributed.Rank`): every rank makes the same global batch, trains on
+        # its rows [rank::size], and the gradients are averaged across ranks before clipping.
+        self.rank = rank if rank is not None and rank.size > 1 else None
+        if self.rank is not None:
+            if config.batch_size % self.rank.size:
+                raise UsageError(f"batch_size {config.batch_size} does not split over {self.rank.size} workers",
+                                 "give a batch size that the number of workers divides")
+            ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                         device_num=self.rank.size)
         self.config, self.run_dir = config, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.say = log or (lambda message: None)
@@ -434,6 +444,18 @@ class Trainer:
             return ops.mse_loss(unet(noisy, t, context, y), target)
 
         grad_fn = ms.value_and_grad(loss_fn, None, params)
+        if self.rank is not None:
+            from mindspore import nn
+
+            reducer = nn.DistributedGradReducer(params, mean=True, degree=self.rank.size)
+            all_reduce = ops.AllReduce()
+            size = float(self.rank.size)
+            local_grad_fn = grad_fn
+
+            def grad_fn(*inputs):
+                loss, grads = local_grad_fn(*inputs)
+                return all_reduce(loss) / size, reducer(grads)
+
         if self.config.jit:
             # bench/PERF.md: compiling the whole step (forward, backward, clipping, AdamW) is the fastest
             # MindSpore step on CPU. One graph per input shape: structure one per bucket, texture one.
@@ -464,8 +486,9 @@ class Trainer:
         if plan.step == plan.phase_start or self.config.phases[plan.phase_index].name not in self.phase_inits:
             self._init_phase(plan)
         Tensor = self.ms.Tensor
-        inputs = [Tensor(batch[k]) for k in ("x0", "noise", "signal", "sigma", "t")]
-        inputs += [Tensor(a) for a in batch["tokens"]] + [Tensor(batch["bucket"])]
+        rows = slice(None) if self.rank is None else slice(self.rank.rank, None, self.rank.size)
+        inputs = [Tensor(batch[k][rows]) for k in ("x0", "noise", "signal", "sigma", "t")]
+        inputs += [Tensor(a[rows]) for a in batch["tokens"]] + [Tensor(batch["bucket"][rows])]
         loss = float(self._step_fn(plan.unet)(*inputs).asnumpy())
         self.step = plan.step + 1
         self.samples[plan.role] += len(batch["t"])
@@ -589,6 +612,14 @@ class Trainer:
         return float(opt.learning_rate(opt.global_step).asnumpy())
 
 
+def _any_rank(flag: bool) -> bool:
+    """Whether any rank raised `flag` (one all-reduce of one number)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    return float(ops.AllReduce()(ms.Tensor([1.0 if flag else 0.0], ms.float32)).asnumpy()[0]) > 0
+
+
 def read_checkpoint_meta(run_dir: Path) -> dict | None:
     file = Path(run_dir) / CHECKPOINT_META
     if not file.is_file():
@@ -617,20 +648,35 @@ def _resolve_config(config: str | Path | dict | TrainConfig | None, run_dir: Pat
 
 def train(config: str | Path | dict | TrainConfig | None, run_dir: str | Path, max_steps: int | None = None,
           max_seconds: float | None = None, data_process: bool = True,
-          log: Callable[[str], None] | None = print) -> dict[str, Any]:
+          log: Callable[[str], None] | None = print, rank: Any = None) -> dict[str, Any]:
     """Train (or resume) the run in `run_dir` until its phases end, `max_steps` more steps, `max_seconds`,
-    or SIGINT/SIGTERM; checkpoint every `checkpoint_every_s` and at the end. Returns a summary."""
+    or SIGINT/SIGTERM; checkpoint every `checkpoint_every_s` and at the end. Returns a summary.
+
+    `rank` (a `distributed.Rank`, under msrun): data-parallel over the ranks; rank 0 alone writes the
+    checkpoints and the log, and a stop on any rank stops every rank at the same step."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = rank is None or rank.main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     cfg = _resolve_config(config, run_dir)
-    say = log or (lambda message: None)
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), ensure_ascii=False, indent=1),
-                                         encoding="utf-8")
-    trainer = Trainer(cfg, run_dir, say)
+    say = (log or (lambda message: None)) if main else (lambda message: None)
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), ensure_ascii=False, indent=1),
+                                             encoding="utf-8")
+    elif rank is not None:
+        from pangu_cli import distributed
+
+        distributed.barrier()  # rank 0 has made the run folder and its tokenizers
+    trainer = Trainer(cfg, run_dir, say, rank=rank)
+    if rank is not None and main:
+        from pangu_cli import distributed
+
+        distributed.barrier()
+    log_line = _log_line if main else (lambda folder, record: None)
     first = trainer.step
     say(f"{'resuming at' if trainer.loaded_from is not None else 'starting'} step {first} in {run_dir}")
-    _log_line(run_dir, {"event": "resume" if trainer.loaded_from is not None else "start", "step": first,
-                        "time": time.time(), "pid": os.getpid()})
+    log_line(run_dir, {"event": "resume" if trainer.loaded_from is not None else "start", "step": first,
+                       "time": time.time(), "pid": os.getpid(), **({"ranks": rank.size} if rank else {})})
     stop = {"reason": None}
 
     def on_signal(signum, _frame):
@@ -655,6 +701,8 @@ def train(config: str | Path | dict | TrainConfig | None, run_dir: str | Path, m
             plan = plan_step(cfg, trainer.step)
             if plan is None:
                 stop["reason"] = stop["reason"] or "done"
+            if trainer.rank is not None and _any_rank(bool(stop["reason"])):
+                stop["reason"] = stop["reason"] or "another rank stopped"
             if stop["reason"]:
                 break
             t0 = time.perf_counter()
@@ -682,29 +730,31 @@ def train(config: str | Path | dict | TrainConfig | None, run_dir: str | Path, m
                     "data_wait_s": round(window["wait"] / window["steps"], 4),
                     "lr": round(trainer.current_lr(plan.unet), 8),
                 }
-                _log_line(run_dir, record)
+                if trainer.rank is not None:
+                    record["rank_batch"] = cfg.batch_size // trainer.rank.size  # rows each rank trains on
+                log_line(run_dir, record)
                 say(json.dumps(record, ensure_ascii=False))
                 losses.clear()
                 window = {"start": now, "samples": 0, "wait": 0.0, "steps": 0}
-            if cfg.probe_every and trainer.step % cfg.probe_every == 0:
+            if main and cfg.probe_every and trainer.step % cfg.probe_every == 0:
                 phase, probe_start = cfg.phases[plan.phase_index], time.perf_counter()
                 for role in sorted(r for r in set(phase.pattern) if phase.unet_for(r) in trainer.unets):
                     record = {"event": "probe", "step": trainer.step, "role": role,
                               **trainer.text_probe(role, phase.unet_for(role))}
-                    _log_line(run_dir, record)
+                    log_line(run_dir, record)
                     say(json.dumps(record, ensure_ascii=False))
                 window["start"] += time.perf_counter() - probe_start  # keep samples/s about training
-            if time.perf_counter() - last_save >= cfg.checkpoint_every_s:
+            if main and time.perf_counter() - last_save >= cfg.checkpoint_every_s:
                 trainer.save()
                 last_save = time.perf_counter()
-                _log_line(run_dir, {"event": "checkpoint", "step": trainer.step, "time": time.time()})
+                log_line(run_dir, {"event": "checkpoint", "step": trainer.step, "time": time.time()})
     finally:
         source.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if trainer.step != first or trainer.loaded_from is None:
+    if main and (trainer.step != first or trainer.loaded_from is None):
         trainer.save()
-    _log_line(run_dir, {"event": "stop", "step": trainer.step, "reason": stop["reason"], "time": time.time()})
+    log_line(run_dir, {"event": "stop", "step": trainer.step, "reason": stop["reason"], "time": time.time()})
     say(f"stopped at step {trainer.step} ({stop['reason']}); checkpoint in {run_dir}")
     return {"step": trainer.step, "first_step": first, "reason": stop["reason"], "last_loss": last_loss,
             "samples": dict(trainer.samples), "elapsed_s": trainer.elapsed}
