@@ -533,7 +533,10 @@ KEY_FIELDS = (
     "model_hash",
     "models",
     "switch",
+    "ensemble",
 )
+# Fields added after keys were first written: left out when unset, so that older manifests keep matching.
+LATE_KEY_FIELDS = frozenset({"ensemble"})
 # Recipe entries that describe a run rather than the image.
 VOLATILE_FIELDS = frozenset({"seconds", "timings", "created", "time", "path", "index", "count", "id", "job"})
 
@@ -562,7 +565,8 @@ def _digest(data: Any) -> str:
 
 def recipe_key(recipe: Mapping[str, Any], fields: Sequence[str] = KEY_FIELDS) -> str:
     """Stable 16-hex hash of what determines the image (`KEY_FIELDS` of the recipe)."""
-    return _digest({name: _canonical(recipe.get(name)) for name in fields})
+    data = {name: _canonical(recipe.get(name)) for name in fields}
+    return _digest({k: v for k, v in data.items() if v is not None or k not in LATE_KEY_FIELDS})
 
 
 def job_key(job: Job, resolved_settings: Mapping[str, Any]) -> str:

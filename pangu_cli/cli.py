@@ -478,16 +478,19 @@ def batch(
 
     from pangu_cli import distributed
 
-    rank = None
-    if distributed.under_msrun() or distributed.under_scheduler():
-        if workers is not None or shard is not None:
-            raise UsageError(f"{'--workers' if workers is not None else '--shard'} given to a worker that msrun "
-                             "started", "msrun splits the prompts between its workers; leave it out")
-        rank = distributed.join(device, precision)  # msrun's scheduler process never returns from here
+    if distributed.under_msrun() and (workers is not None or shard is not None):
+        raise UsageError(f"{'--workers' if workers is not None else '--shard'} given to a worker that msrun "
+                         "started", "msrun splits the prompts between its workers; leave it out")
+    rank = distributed.join_if_launched(device, precision)  # msrun's scheduler never returns from here
+    if rank is not None:
         shard = rank.shard if rank.size > 1 else None
         quiet = quiet or not rank.main  # human progress from rank 0; --json records from every rank
     elif workers is not None:
         distributed.check_workers(workers)
+        if shard is not None:
+            raise UsageError("--shard and --workers both given", "--workers splits the prompts itself")
+        if source == "-":
+            raise UsageError("--workers cannot read prompts from stdin", "save them to a file and give its path")
     elif port is not None:
         raise UsageError("--port needs --workers", "give --workers N, or leave --port out")
     jobs = batch_files.read_jobs(source, encoding=encoding)
@@ -504,6 +507,8 @@ def batch(
                                      int(spec.sampling.get("switch_t", 500)))
     if opts.ensemble is not None and recipe_file is None:
         opts.switch = None  # the short flags took it in
+    if opts.ensemble is not None:  # one usage error for a bad recipe, not a failure of every line
+        plan.check_ensemble(spec, opts)
     planned = plan_batch(spec, selected, opts, seed, out_path, name, strict, report)
     runner = Runner(spec, out_path, name, overwrite=False, quiet=quiet, console=err)
 
@@ -536,9 +541,8 @@ def batch(
     runner.note(f"{report.done} made, {report.adopted} recovered, {report.skipped} already complete, "
                 f"{len(report.failed_lines)} failed lines" + (f" (rank {rank.rank} of {rank.size})" if rank else ""))
     if rank is not None:
-        # One finish for all: msrun takes a worker's non-zero exit for a crash and stops the others, so
-        # bad lines are reported (above) but do not end the worker with code 5.
-        distributed.barrier()
+        # msrun takes a worker's non-zero exit for a crash and stops the others, so bad lines are reported
+        # (above) but do not end the worker with code 5 (`--workers` reports them with its own exit code).
         return
     if report.exit_code:
         raise typer.Exit(report.exit_code)
@@ -548,6 +552,9 @@ def _run_workers(workers: int, port: int | None, out_path: str, planned, report,
                  quiet: bool) -> int:
     """`batch --workers N`: the same command under msrun, with an overall progress bar read from the
     workers' manifest parts; --json records are collected from the workers' logs, each image once."""
+    import signal
+    import subprocess
+
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -563,6 +570,7 @@ def _run_workers(workers: int, port: int | None, out_path: str, planned, report,
         return sum(1 for key in todo if key in done)
 
     before = complete()
+    previous_term = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops msrun too
     process, logs = distributed.launch(workers, port, Path(out_path), argv)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=quiet)
@@ -573,9 +581,15 @@ def _run_workers(workers: int, port: int | None, out_path: str, planned, report,
                 time.sleep(1.0)
                 progress.update(task, completed=complete())
     except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=30)
+        # msrun stops its workers (each in its own session) on SIGINT only; SIGTERM would orphan them.
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
     if as_json:
         for record in distributed.worker_records(logs):
             _emit_json(record)
@@ -589,6 +603,10 @@ def _run_workers(workers: int, port: int | None, out_path: str, planned, report,
     if not quiet:
         err.print(f"{finished} images complete in {out_path} ({finished - before} new) with {workers} workers")
     return report.exit_code
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _without_options(argv: list[str], names: set[str]) -> list[str]:

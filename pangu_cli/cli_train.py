@@ -118,10 +118,8 @@ def train_run(
     from pangu_cli import distributed
     from pangu_cli.training import trainer
 
-    rank = None
-    if distributed.under_msrun() or distributed.under_scheduler():
-        # Data-parallel under msrun; its scheduler process never returns from join.
-        rank = distributed.join(os.environ.get("PANGU_TRAIN_DEVICE", "CPU"))
+    # Data parallel under msrun; its scheduler process never returns from here.
+    rank = distributed.join_if_launched(os.environ.get("PANGU_TRAIN_DEVICE", "CPU"))
     options = dict(max_steps=steps, max_seconds=hours * 3600 if hours else None, data_process=not inline_data,
                    rank=rank)
     if rank is not None and not rank.main:  # progress, records and the summary come from rank 0

@@ -48,7 +48,13 @@ def under_msrun(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def join(device: str, precision: str = "fp32") -> Rank:
-    """Set MindSpore up on this worker's own card and join the others; returns this process's rank."""
+    """Set MindSpore up on this worker's own card and join the others; returns this process's rank.
+    In msrun's scheduler process it only joins (no card is opened) and never returns."""
+    if under_scheduler():
+        from mindspore.communication import init
+
+        init()
+        raise SystemExit(0)  # not reached: the scheduler ends the process when the job ends
     from pangu_cli import runtime
 
     local = os.environ.get("DEVICE_ID", "")
@@ -65,24 +71,43 @@ def under_scheduler(environ: Mapping[str, str] | None = None) -> bool:
     return environ.get("MS_ROLE") == "MS_SCHED"
 
 
-def barrier() -> None:
-    """Wait for every rank. An all-reduce of one number: MindSpore 2.10 has no CPU kernel for Barrier."""
+def join_if_launched(device: str, precision: str = "fp32") -> Rank | None:
+    """This process's rank when msrun started it (joining the others), else None."""
+    if under_msrun() or under_scheduler():
+        return join(device, precision)
+    return None
+
+
+def all_reduce_sum(value: float) -> float:
+    """The sum of `value` over every rank (also a barrier). MindSpore 2.10 has no CPU kernel for Barrier,
+    and only the `ops.AllReduce` primitive runs on CPU (not `comm_func.all_reduce`)."""
     import mindspore as ms
     from mindspore import ops
 
-    ops.AllReduce()(ms.Tensor([1.0], ms.float32)).asnumpy()
+    return float(ops.AllReduce()(ms.Tensor([float(value)], ms.float32)).asnumpy()[0])
+
+
+def barrier() -> None:
+    """Wait for every rank."""
+    all_reduce_sum(1.0)
 
 
 def check_shared_folder(folder: str | Path, rank: Rank) -> None:
     """Every rank writes a mark into `folder`; after a barrier each looks for all marks. A folder that is
     not the same place for every rank (a local path on several machines) is then a one-line error on
     every rank, before any image is drawn."""
+    import random
+
+    # A token of this run (rank 0's random number, summed with zeros): marks of an earlier run never count.
+    token = int(all_reduce_sum(random.SystemRandom().randrange(1, 2**23) if rank.main else 0))
     marks = Path(folder) / ".pangu" / "ranks"
     marks.mkdir(parents=True, exist_ok=True)
-    (marks / f"rank-{rank.rank}-of-{rank.size}").write_text(socket.gethostname(), encoding="utf-8")
+    mine = marks / f"{token}-rank-{rank.rank}-of-{rank.size}"
+    mine.write_text(socket.gethostname(), encoding="utf-8")
     barrier()
-    missing = [r for r in range(rank.size) if not (marks / f"rank-{r}-of-{rank.size}").is_file()]
+    missing = [r for r in range(rank.size) if not (marks / f"{token}-rank-{r}-of-{rank.size}").is_file()]
     barrier()  # nobody removes its mark before every rank has looked
+    mine.unlink(missing_ok=True)
     if missing:
         raise UsageError(f"the output folder {folder} is not shared by every rank (rank {rank.rank} cannot see "
                          f"rank {missing[0]}'s files)", "give --out a folder on storage every machine mounts")
@@ -145,8 +170,12 @@ def launch(workers: int, port: int | None, folder: Path, argv: list[str]):
     import subprocess
 
     command = msrun_command(workers, port, logs, entry, argv)
-    env = {**os.environ, "PATH": _search_path()}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The workers import pangu_cli from where this process did, installed or not.
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PATH": _search_path(),
+           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    with open(logs / "msrun.log", "wb") as launcher_log:
+        process = subprocess.Popen(command, env=env, stdout=launcher_log, stderr=subprocess.STDOUT)
     return process, logs
 
 
@@ -167,5 +196,5 @@ def worker_records(logs: Path) -> list[dict]:
     return records
 
 
-__all__ = ["Rank", "barrier", "check_port", "check_shared_folder", "check_workers", "free_port", "join", "launch",
+__all__ = ["Rank", "all_reduce_sum", "barrier", "join_if_launched", "check_port", "check_shared_folder", "check_workers", "free_port", "join", "launch",
            "msrun_command", "under_msrun", "under_scheduler", "worker_records"]

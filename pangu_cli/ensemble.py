@@ -65,11 +65,6 @@ class Ensemble:
     lag: bool = False
     source: str = field(default="", compare=False)  # where it came from, for messages
 
-    def models(self, primary: str) -> list[str]:
-        """Distinct model names, the primary first."""
-        names = [m.model or primary for m in self.members]
-        return list(dict.fromkeys([primary] + names))
-
     def assign(self, timesteps: list[int]) -> list[list[int]]:
         """Per step, the indices of the members active at it (in member order)."""
         out = []
@@ -204,7 +199,10 @@ def ensemble_from_dict(data: Any, source: str = "recipe") -> Ensemble:
     if twice:
         raise _fail(f"{source}: members", f"the name '{twice}' is used twice", "give every member its own name")
     _check_coverage(members, mode, source)
-    return Ensemble(members, mode, bool(data.get("lag", False)), source)
+    lag = data.get("lag", False)
+    if not isinstance(lag, bool):
+        raise _fail(f"{source}: lag", f"{lag!r} is not true or false", "write lag = true or lag = false")
+    return Ensemble(members, mode, lag, source)
 
 
 def load_recipe(path: str | Path) -> Ensemble:
@@ -225,11 +223,11 @@ def from_flags(structure_model: str | None, texture_model: str | None, switch_t:
     """The two-member ensemble the short flags describe, or None when none of them is given."""
     if structure_model is None and texture_model is None and structure_size is None:
         return None
-    structure: dict[str, Any] = {"name": "structure", "unet": "structure", "t": [switch_t, T_END]}
-    texture: dict[str, Any] = {"name": "texture", "unet": "texture", "t": [0, switch_t]}
+    # No `unet`: the names imply the roles, and a single-UNet model falls back to its one UNet.
+    structure: dict[str, Any] = {"name": "structure", "t": [switch_t, T_END]}
+    texture: dict[str, Any] = {"name": "texture", "t": [0, switch_t]}
     if structure_model:
         structure["model"] = structure_model
-        structure["unet"] = None
     if texture_model:
         texture["model"] = texture_model
     if structure_size:
@@ -331,19 +329,26 @@ def _member_size(m: MemberSpec, spec: "ModelSpec", role: str, output: tuple[int,
         return m.size
     if m.scale is not None:
         return scale_size(width, height, m.scale, unit)
-    if finishes:
-        if width % unit or height % unit:
+    factor = float(spec.sampling.get("structure_scale", 1.0)) if role == "structure" else 1.0
+    if finishes and factor == 1.0:
+        size = output
+    else:
+        # Above the model's own size (one-stage super-resolution: the output is k × a bucket) the members
+        # that do not finish run at the bucket's size, where the model was trained; otherwise at the
+        # output's. A structure UNet runs at its model's structure_scale of that, also when it finishes
+        # (the result is then resized to the output).
+        native = nearest_bucket(make_buckets(spec.buckets), width / height)
+        k = width // native.width
+        upscaled = k >= 2 and (width, height) == (k * native.width, k * native.height)
+        base = (native.width, native.height) if upscaled and not finishes else (width, height)
+        size = base if factor == 1.0 else scale_size(*base, factor, unit)
+    if size[0] % unit or size[1] % unit:
+        if finishes:
             raise UsageError(f"size {width}x{height} is not a multiple of {unit}",
                              f"model '{spec.name}' needs sides divisible by {unit}; pick a size from `pangu ratios`")
-        return width, height
-    # Above the model's own size (one-stage super-resolution: the output is k × a bucket) the earlier
-    # members run at the bucket's size, where the model was trained; otherwise at the output's.
-    native = nearest_bucket(make_buckets(spec.buckets), width / height)
-    k = width // native.width
-    base = (native.width, native.height) if k >= 2 and (width, height) == (k * native.width, k * native.height) \
-        else (width, height)
-    factor = float(spec.sampling.get("structure_scale", 1.0)) if role == "structure" else 1.0
-    return base if factor == 1.0 else scale_size(*base, factor, unit)
+        raise _fail(where, f"would run at {size[0]}x{size[1]}, not a multiple of {unit} (model '{spec.name}')",
+                    "give the member a size or a scale")
+    return size
 
 
 def resolve_models(ensemble: Ensemble, primary: "ModelSpec",

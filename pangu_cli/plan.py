@@ -171,6 +171,19 @@ def check_options(opts: Options) -> None:
         presets.parse_style_spec(opts.style, presets.load_presets())
 
 
+def check_ensemble(spec: ModelSpec, opts: Options) -> None:
+    """Validate `opts.ensemble` once against its models and the model's square bucket (a batch checks it
+    before its lines, which then only differ in size)."""
+    from pangu_cli import ensemble as ensembles
+    from pangu_cli.models import registry
+
+    checked = ensembles.ensemble_from_dict(opts.ensemble, "recipe")
+    specs = ensembles.resolve_models(checked, spec, registry.resolve)
+    bucket = resolve_bucket(spec, None, None)
+    steps = int(opts.steps or spec.sampling.get("steps", 40))
+    ensembles.plan_ensemble(checked, specs, (bucket.width, bucket.height), steps)
+
+
 def resolve(spec: ModelSpec, opts: Options, recipe: dict | None = None) -> list[ImageSettings]:
     """One ImageSettings per image (count of them), seeds base, base+1, …"""
     recipe = recipe or {}

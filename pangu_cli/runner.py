@@ -74,8 +74,8 @@ class Runner:
             model = load_model(self.spec, precision=precision)
         self.note(f"[dim]{self.spec.name} loaded on {info.device} in {model.timings['load']:.1f} s[/]")
         def load_other(spec: ModelSpec):  # a model a Coop-Diffusion recipe names besides this one
-            with self.console.status(f"loading {spec.name}…") if not self.quiet else nullcontext():
-                return load_model(spec, precision=precision)
+            self.note(f"[dim]loading {spec.name} (named by the recipe)…[/]")  # inside the progress display
+            return load_model(spec, precision=precision)
 
         self.generator = Generator(model, load=load_other)
 

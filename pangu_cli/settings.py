@@ -5,8 +5,6 @@ No MindSpore here: the CLI resolves and validates everything before a model is l
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 
 from pangu_cli import __version__
@@ -48,15 +46,6 @@ class ImageSettings:
         data["size"] = [self.width, self.height]
         data["version"] = __version__
         return data
-
-    def key(self) -> str:
-        """A stable hash of everything that determines the pixels (for resume and dedup)."""
-        data = asdict(self)
-        data.pop("language", None)
-        data.pop("ratio", None)
-        if data["ensemble"] is None:  # keys of images made before recipes existed stay valid
-            del data["ensemble"]
-        return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
 
     @classmethod
     def from_recipe(cls, recipe: dict) -> "ImageSettings":

@@ -432,3 +432,14 @@ def test_resume_after_a_crash_redoes_exactly_the_missing_images(tmp_path):
     assert len(made) == 6 and len(Manifest.read_all(tmp_path)) == 6
     lines = (tmp_path / ".pangu" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
     assert json.loads(lines[3])["path"] == "04-prompt-1.png"
+
+
+def test_recipe_key_counts_an_ensemble_and_keeps_older_keys():
+    from pangu_cli.batch import recipe_key
+
+    base = {"prompt": "a cat", "seed": 1, "size": [32, 32], "steps": 4, "model": "m", "switch": 500}
+    assert recipe_key({**base, "ensemble": None}) == recipe_key(base)  # manifests written before recipes
+    coop = {**base, "ensemble": {"mode": "switch", "members": [{"name": "a", "t": [0, 1000]}]}}
+    assert recipe_key(coop) != recipe_key(base)
+    other = {**base, "ensemble": {"mode": "switch", "members": [{"name": "a", "t": [0, 1000], "size": "8x8"}]}}
+    assert recipe_key(other) != recipe_key(coop)

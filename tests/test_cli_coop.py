@@ -167,3 +167,21 @@ def test_recipe_errors_before_any_model_loads(tiny_model, tmp_path):
                          "--out", tmp_path / "o"), 2, "--recipe and --structure-model both given")
     assert_error(run_cli("draw", "a cat", "--model", tiny_model, "--recipe", tmp_path / "none.toml",
                          "--out", tmp_path / "o"), 2, "none.toml does not exist")
+
+
+def test_batch_with_a_recipe_makes_new_images_and_checks_it_once(tiny_model, pixel_model, tmp_path):
+    source = tmp_path / "p.txt"
+    source.write_text("a red cat\na blue dog\n", encoding="utf-8")
+    out = tmp_path / "out"
+    plain = run_cli("batch", source, "--model", tiny_model, "--out", out, "--steps", "2", "--style-scale", "0")
+    assert plain.code == 0, plain
+    recipe = write_recipe(tmp_path / "r.toml", pixel_model)
+    coop = run_cli("batch", source, "--model", tiny_model, "--out", out, "--steps", "2", "--style-scale", "0",
+                   "--recipe", recipe)
+    assert coop.code == 0, coop
+    assert len([p for p in out.glob("*.png")]) == 4  # the recipe asks for other images, not the finished ones
+    assert {bool(recipe_of(p).get("ensemble")) for p in out.glob("*.png")} == {True, False}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[members]]\nname = "a"\nmodel = "no-such"\n', encoding="utf-8")
+    assert_error(run_cli("batch", source, "--model", tiny_model, "--out", out, "--recipe", bad), 2,
+                 "members[0] 'a'.model", "unknown model 'no-such'")

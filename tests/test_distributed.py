@@ -118,6 +118,10 @@ def test_bad_workers_and_port(tiny_model, tmp_path):
                  "--workers 0 is out of range")
     assert_error(run_cli("batch", source, "--model", tiny_model, "--out", tmp_path / "o", "--port", "9999"), 2,
                  "--port needs --workers")
+    assert_error(run_cli("batch", source, "--model", tiny_model, "--out", tmp_path / "o", "--workers", "2",
+                         "--shard", "1/2"), 2, "--shard and --workers both given")
+    assert_error(run_cli("batch", "-", "--model", tiny_model, "--out", tmp_path / "o", "--workers", "2",
+                         input="a cat\n"), 2, "--workers cannot read prompts from stdin")
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))
         busy.listen()

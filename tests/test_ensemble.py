@@ -63,6 +63,7 @@ def test_parse_round_trips_through_the_png_form():
     ({"members": [{"name": "a", "scale": 0}]}, ["members[0] 'a'.scale", "out of range"]),
     ({"members": [{"name": "a", "size": "big"}]}, ["members[0] 'a'.size"]),
     ({"members": [{"name": "a", "t": [0, 500]}, {"name": "a", "t": [500, 1000]}]}, ["'a' is used twice"]),
+    ({"lag": "false", "members": [{"name": "a"}]}, ["lag", "true or false"]),
 ])
 def test_bad_recipes_name_the_field(data, fragments):
     line = error(data)
@@ -89,7 +90,8 @@ def test_flags_make_a_two_member_switch():
     ensemble = from_flags("big", None, 300, "16x16")
     structure, texture = ensemble.members
     assert (structure.model, structure.t, structure.size, structure.unet) == ("big", (300, 1000), (16, 16), None)
-    assert (texture.model, texture.t, texture.unet) == (None, (0, 300), "texture")
+    assert (texture.model, texture.t, texture.unet) == (None, (0, 300), None)
+    assert (structure.unet_role(), texture.unet_role()) == ("structure", "texture")
     with pytest.raises(UsageError, match="--switch"):
         from_flags("big", None, 0, None)
 
@@ -132,6 +134,9 @@ def test_default_split_follows_the_reference_lag_rule():
     assert split(500, False) == {"structure": 20, "texture": 20}
     assert split(1000, True) == {"structure": 1, "texture": 39}
     assert split(0, True) == {"structure": 40}
+    # Alone, the structure UNet still runs at its own scale (0.25 of 32x32, on the model's 4-pixel grid).
+    alone = plan_ensemble(default_ensemble(models[None], 0, True), models, (32, 32), 4)
+    assert [m.size for m in alone.members] == [(8, 8)]
     assert split(500, True, steps=1) == {"structure": 1}
     single = spec(two_stage=False)
     assert [m.role for m in plan_ensemble(default_ensemble(single, 500, True), {None: single}, (32, 32), 3).members] \
@@ -174,4 +179,12 @@ def test_plan_errors_name_the_member():
 def test_member_spec_defaults():
     assert MemberSpec("texture").unet_role() == "texture" and MemberSpec("structure").unet_role() == "structure"
     assert MemberSpec("expert-3").unet_role() == "texture"
-    assert Ensemble((MemberSpec("a"),)).models("p") == ["p"]
+    assert Ensemble((MemberSpec("a"),)).assign([999, 500, 0]) == [[0], [0], [0]]
+
+
+def test_a_member_at_a_size_its_model_cannot_run_is_named():
+    coarse = spec("coarse", buckets=((48, 24),))
+    coarse.manifest["unet"]["channel_mult"] = [1, 2, 2, 2, 2]  # latent 2 × 16 levels: sides of 32
+    data = {"members": [{"name": "a", "model": "coarse", "t": [500, 1000]}, {"name": "b", "t": [0, 500]}]}
+    with pytest.raises(UsageError, match=r"members\[0\] 'a': would run at 48x24, not a multiple of 32"):
+        plan_ensemble(ensemble_from_dict(data), {None: spec(buckets=((48, 24),)), "coarse": coarse}, (48, 24), 4)

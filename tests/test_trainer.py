@@ -238,3 +238,14 @@ def test_text_probe_compares_own_and_rotated_captions(ms, tmp_path):
     blind = Trainer(load_config({**TINY, "batch_size": 3, "data": {**TINY["data"], "cond_drop": 1.0}}), tmp_path / "b")
     probe = blind.text_probe("structure", "structure", batches=1)
     assert probe["mse_right"] == probe["mse_rotated"] and probe["text_gain"] == 0.0
+
+
+def test_runs_saved_before_the_schedule_shift_keep_the_reference_schedule(tmp_path):
+    from pangu_cli.training.config import config_to_dict
+    from pangu_cli.training.trainer import _resolve_config
+
+    old = config_to_dict(load_config(TINY))
+    del old["snr_shift"]  # what a run saved before `snr_shift` existed
+    (tmp_path / "config.json").write_text(json.dumps(old), encoding="utf-8")
+    assert _resolve_config(None, tmp_path).snr_shift == 1.0
+    assert load_config(TINY).snr_shift == 16.0  # a new run gets pangu-mini's shift

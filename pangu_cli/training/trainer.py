@@ -613,11 +613,10 @@ class Trainer:
 
 
 def _any_rank(flag: bool) -> bool:
-    """Whether any rank raised `flag` (one all-reduce of one number)."""
-    import mindspore as ms
-    from mindspore import ops
+    """Whether any rank raised `flag`."""
+    from pangu_cli.distributed import all_reduce_sum
 
-    return float(ops.AllReduce()(ms.Tensor([1.0 if flag else 0.0], ms.float32)).asnumpy()[0]) > 0
+    return all_reduce_sum(1.0 if flag else 0.0) > 0
 
 
 def read_checkpoint_meta(run_dir: Path) -> dict | None:
@@ -633,16 +632,22 @@ def _log_line(run_dir: Path, record: dict) -> None:
         fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def saved_config(data: dict) -> TrainConfig:
+    """A run's saved config. Runs saved before the noise schedule could be shifted trained on the
+    reference table: a missing `snr_shift` means 1, not today's default."""
+    return load_config({"snr_shift": 1.0, **data})
+
+
 def _resolve_config(config: str | Path | dict | TrainConfig | None, run_dir: Path) -> TrainConfig:
     """The config given, else the run's own (saved with its checkpoint or at its start), else pangu-mini's."""
     if config is not None:
         return load_config(config)
     meta = read_checkpoint_meta(run_dir)
     if meta is not None:
-        return load_config(meta["config"])
+        return saved_config(meta["config"])
     saved = run_dir / "config.json"
     if saved.is_file():
-        return load_config(json.loads(saved.read_text(encoding="utf-8")))
+        return saved_config(json.loads(saved.read_text(encoding="utf-8")))
     return load_config(None)
 
 
@@ -654,24 +659,31 @@ def train(config: str | Path | dict | TrainConfig | None, run_dir: str | Path, m
 
     `rank` (a `distributed.Rank`, under msrun): data-parallel over the ranks; rank 0 alone writes the
     checkpoints and the log, and a stop on any rank stops every rank at the same step."""
+    from pangu_cli import distributed
+
     run_dir = Path(run_dir)
     main = rank is None or rank.main
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = _resolve_config(config, run_dir)
     say = (log or (lambda message: None)) if main else (lambda message: None)
     if main:
-        (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), ensure_ascii=False, indent=1),
-                                             encoding="utf-8")
-    elif rank is not None:
-        from pangu_cli import distributed
-
-        distributed.barrier()  # rank 0 has made the run folder and its tokenizers
-    trainer = Trainer(cfg, run_dir, say, rank=rank)
-    if rank is not None and main:
-        from pangu_cli import distributed
-
-        distributed.barrier()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = _resolve_config(config, run_dir)
+        tmp = run_dir / "config.json.tmp"
+        tmp.write_text(json.dumps(config_to_dict(cfg), ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, run_dir / "config.json")
+    if rank is not None:
+        distributed.check_shared_folder(run_dir, rank)  # also: rank 0 has written the config
+        if not main:
+            cfg = _resolve_config(config, run_dir)
+            distributed.barrier()  # rank 0 makes the tokenizers in the Trainer below
+    trainer = Trainer(cfg, run_dir, say, rank=rank) if main or rank is None else None
+    if rank is not None:
+        if main:
+            distributed.barrier()
+        else:
+            trainer = Trainer(cfg, run_dir, say, rank=rank)
+        if distributed.all_reduce_sum(trainer.step) != rank.size * trainer.step:
+            raise UsageError(f"rank {rank.rank} would start at step {trainer.step}, another rank elsewhere",
+                             "give every rank the same run folder (shared storage)")
     log_line = _log_line if main else (lambda folder, record: None)
     first = trainer.step
     say(f"{'resuming at' if trainer.loaded_from is not None else 'starting'} step {first} in {run_dir}")
@@ -776,7 +788,7 @@ def export(run_dir: str | Path, out_dir: str | Path, ema: bool = True, dtype: st
     meta = read_checkpoint_meta(run_dir)
     if meta is None:
         raise ModelError(f"no checkpoint in {run_dir}", "train first: python -m pangu_cli.training train")
-    config = load_config(meta["config"])
+    config = saved_config(meta["config"])
     state = load_state(run_dir / meta["file"])
     cast = np.float16 if dtype == "float16" else np.float32
 
