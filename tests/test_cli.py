@@ -343,14 +343,14 @@ def test_presets():
 
 
 def test_models_lists_registered_models(tiny_model, tmp_path):
-    empty = run_cli("models", "--json")
-    assert empty.code == 0 and empty.json() == []
+    embedded = run_cli("models", "--json")
+    assert embedded.code == 0 and [(m["name"], m["source"]) for m in embedded.json()] == [("pangu-mini", "embedded")]
     config = tmp_path / ".config" / "pangu"
     config.mkdir(parents=True)
     (config / "models.toml").write_text(f'[models.mine]\npath = "{tiny_model.as_posix()}"\n', encoding="utf-8")
     listed = run_cli("models", "--json")
     assert listed.code == 0, listed
-    [entry] = listed.json()
+    [_, entry] = listed.json()  # the embedded default first, then the user's
     assert entry["name"] == "mine" and entry["source"] == "user" and entry["missing"] == []
     assert entry["buckets"] == 5 and entry["two_stage"] is True
     shown = run_cli("models", "show", "mine", "--json")
@@ -422,3 +422,22 @@ def test_console_script_is_installed():
         pytest.skip("pangu is not installed in this environment (pip install -e .)")
     proc = subprocess.run([script, "--version"], capture_output=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.decode().strip() == f"pangu {__version__}"
+
+
+@pytest.mark.slow
+def test_a_fresh_install_draws_with_the_embedded_model(tmp_path):
+    """README's first command: no --model, no download: the packaged pangu-mini draws at the 16:9 bucket."""
+    from pangu_cli.models.registry import resolve
+    from pangu_cli.ratios import nearest_bucket
+
+    spec = resolve(None)
+    assert spec.name == "pangu-mini" and spec.source == "embedded" and not spec.missing_files()
+    out = tmp_path / "out"
+    run = run_pangu("draw", "一只红色的圆形在蓝色背景上", "--ratio", "16:9", "--seed", "1", "--out", out, "--json",
+                    cwd=tmp_path, timeout=300)
+    assert run.code == 0, run
+    [record] = run.records()
+    bucket = nearest_bucket(spec.buckets, "16:9")
+    assert record["size"] == [bucket.width, bucket.height] and record["model"] == "pangu-mini"
+    with Image.open(record["path"]) as image:
+        assert image.size == (bucket.width, bucket.height)
