@@ -322,10 +322,11 @@ def test_ratios(tiny_model):
     assert table["model"] == "tiny"
     assert [(b["width"], b["height"], b["label"]) for b in table["buckets"]] == [
         (32, 32, "1:1"), (40, 24, "5:3"), (24, 40, "3:5"), (48, 24, "2:1"), (24, 48, "1:2")]
-    reference = run_cli("ratios", "--json")  # no model installed: the reference 1K list
-    assert reference.code == 0, reference
-    sizes = {(b["width"], b["height"]) for b in reference.json()["buckets"]}
-    assert (1024, 1024) in sizes and len(sizes) >= 5
+    default = run_cli("ratios", "--json")  # the embedded default: the reference list at 1/4 scale
+    assert default.code == 0, default
+    assert default.json()["model"] == "pangu-mini"
+    sizes = {(b["width"], b["height"]) for b in default.json()["buckets"]}
+    assert (128, 128) in sizes and len(sizes) >= 7
     human = run_cli("ratios", "--model", tiny_model)
     assert human.code == 0 and "40x24" in human.stdout and "5:3" in human.stdout
 
