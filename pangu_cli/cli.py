@@ -333,9 +333,10 @@ TEXTURE_MODEL_HELP = "Model for the small-noise (texture) steps."
 STRUCTURE_SIZE_HELP = "Size WxH the structure steps run at (e.g. 32x32); the texture steps run at the output size."
 
 
-def _ensemble_option(recipe: Path | None, structure_model: str | None, texture_model: str | None,
-                     structure_size: str | None, switch: float | None, default_switch: int) -> dict | None:
-    """The ensemble of --recipe or of the short flags (which take --switch in), as recipe data."""
+def _set_ensemble(opts, spec, recipe: Path | None, structure_model: str | None, texture_model: str | None,
+                  structure_size: str | None) -> None:
+    """Put the ensemble of --recipe, or of the short flags, into `opts` as recipe data. The short flags
+    take --switch in (it then leaves `opts`); a recipe sets its own ranges."""
     from pangu_cli import ensemble, plan
 
     flags = [f for f, v in (("--structure-model", structure_model), ("--texture-model", texture_model),
@@ -343,10 +344,13 @@ def _ensemble_option(recipe: Path | None, structure_model: str | None, texture_m
     if recipe is not None:
         if flags:
             raise UsageError(f"--recipe and {flags[0]} both given", "put the member settings in the recipe")
-        return ensemble.load_recipe(recipe).to_dict()
-    made = ensemble.from_flags(structure_model, texture_model, plan.resolve_switch(switch, default_switch),
+        opts.ensemble = ensemble.load_recipe(recipe).to_dict()
+        return
+    made = ensemble.from_flags(structure_model, texture_model,
+                               plan.resolve_switch(opts.switch, int(spec.sampling.get("switch_t", 500))),
                                structure_size)
-    return None if made is None else made.to_dict()
+    if made is not None:
+        opts.ensemble, opts.switch = made.to_dict(), None
 
 
 @app.command()
@@ -395,10 +399,7 @@ def draw(
     opts = _options(text, negative, seed, count, steps, guidance, sampler, style, style_scale, ratio, size, switch)
     plan.check_options(opts)  # input errors before model errors
     spec = registry.resolve(model or (recipe or {}).get("model"))
-    opts.ensemble = _ensemble_option(recipe_file, structure_model, texture_model, structure_size, switch,
-                                     int(spec.sampling.get("switch_t", 500)))
-    if opts.ensemble is not None and recipe_file is None:
-        opts.switch = None  # the short flags took it in
+    _set_ensemble(opts, spec, recipe_file, structure_model, texture_model, structure_size)
     images = plan.resolve(spec, opts, recipe)
     if recipe and not quiet and recipe.get("model_hash") not in (None, spec.fingerprint()):
         err.print(f"[yellow]note[/]: model '{spec.name}' differs from the one that made {from_image}; "
@@ -503,10 +504,7 @@ def batch(
     opts = _options(None, negative, None, count, steps, guidance, sampler, style, style_scale, ratio, size, switch)
     plan.check_options(opts)  # a bad flag is a usage error, not a failure of every line
     spec = registry.resolve(model)
-    opts.ensemble = _ensemble_option(recipe_file, structure_model, texture_model, structure_size, switch,
-                                     int(spec.sampling.get("switch_t", 500)))
-    if opts.ensemble is not None and recipe_file is None:
-        opts.switch = None  # the short flags took it in
+    _set_ensemble(opts, spec, recipe_file, structure_model, texture_model, structure_size)
     if opts.ensemble is not None:  # one usage error for a bad recipe, not a failure of every line
         plan.check_ensemble(spec, opts)
     planned = plan_batch(spec, selected, opts, seed, out_path, name, strict, report)
@@ -555,6 +553,8 @@ def _run_workers(workers: int, port: int | None, out_path: str, planned, report,
     import signal
     import subprocess
 
+    from pangu_cli.runtime import raise_interrupt  # no MindSpore: runtime imports it in setup() only
+
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -570,7 +570,7 @@ def _run_workers(workers: int, port: int | None, out_path: str, planned, report,
         return sum(1 for key in todo if key in done)
 
     before = complete()
-    previous_term = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops msrun too
+    previous_term = signal.signal(signal.SIGTERM, raise_interrupt)  # a scheduler's SIGTERM stops msrun too
     process, logs = distributed.launch(workers, port, Path(out_path), argv)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=quiet)
@@ -603,10 +603,6 @@ def _run_workers(workers: int, port: int | None, out_path: str, planned, report,
     if not quiet:
         err.print(f"{finished} images complete in {out_path} ({finished - before} new) with {workers} workers")
     return report.exit_code
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _without_options(argv: list[str], names: set[str]) -> list[str]:

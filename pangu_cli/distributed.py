@@ -158,7 +158,6 @@ def launch(workers: int, port: int | None, folder: Path, argv: list[str]):
 
     The entry script lives in the output folder (not in the package, whose folder would shadow modules
     when run as a script)."""
-    check_workers(workers)
     port = free_port() if port is None else port
     check_port(port)
     home = Path(folder) / ".pangu" / "msrun"

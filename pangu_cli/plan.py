@@ -106,15 +106,18 @@ def output_for_size(spec: ModelSpec, width: int, height: int) -> tuple[Bucket, t
         raise UsageError(exc.message, f"{exc.hint}; or up to {MAX_UPSCALE}× one of them") from None
 
 
-def resolve_bucket(spec: ModelSpec, ratio: str | None, size: str | None) -> Bucket:
-    buckets = make_buckets(spec.buckets)
+def resolve_output(spec: ModelSpec, ratio: str | None, size: str | None) -> tuple[Bucket, tuple[int, int]]:
+    """The bucket (size conditioning) and the output (width, height) of --ratio / --size (default 1:1)."""
     if size and ratio:
         raise UsageError("--size and --ratio both given", "give one of them")
     if size:
-        return output_for_size(spec, *parse_size(size))[0]
-    if ratio:
-        return nearest_bucket(buckets, ratio)
-    return nearest_bucket(buckets, 1.0)
+        return output_for_size(spec, *parse_size(size))
+    bucket = nearest_bucket(make_buckets(spec.buckets), ratio or 1.0)
+    return bucket, (bucket.width, bucket.height)
+
+
+def resolve_bucket(spec: ModelSpec, ratio: str | None, size: str | None) -> Bucket:
+    return resolve_output(spec, ratio, size)[0]
 
 
 def resolve_switch(value: float | None, default: int) -> int:
@@ -203,13 +206,10 @@ def resolve(spec: ModelSpec, opts: Options, recipe: dict | None = None) -> list[
     negative = opts.negative if opts.negative is not None else preset_negative
     if negative is None:
         negative = recipe.get("negative", defaults.get("negative", ""))
-    if opts.size and opts.ratio:
-        raise UsageError("--size and --ratio both given", "give one of them")
-    if opts.size or (opts.ratio is None and recipe.get("size")):
-        bucket, (width, height) = output_for_size(spec, *(parse_size(opts.size) if opts.size else recipe["size"]))
+    if opts.ratio is None and opts.size is None and recipe.get("size"):
+        bucket, (width, height) = output_for_size(spec, *recipe["size"])
     else:
-        bucket = resolve_bucket(spec, opts.ratio, None)
-        width, height = bucket.width, bucket.height
+        bucket, (width, height) = resolve_output(spec, opts.ratio, opts.size)
     ensemble = opts.ensemble if opts.ensemble is not None else recipe.get("ensemble")
     if ensemble is not None:
         if opts.switch is not None:

@@ -184,14 +184,15 @@ def handle_interrupts(handler: Callable[[int, Any], Any] | None = None) -> dict[
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous = {}
-    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_interrupt)):
+    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, raise_interrupt)):
         previous[signum] = current = signal.getsignal(signum)
         signal.signal(signum, handler or (current if callable(current) else default))
     _watch_sigint()
     return previous
 
 
-def _raise_interrupt(signum, frame) -> None:
+def raise_interrupt(signum, frame) -> None:
+    """A signal handler that stops the command as Ctrl-C does (exit code 130)."""
     raise KeyboardInterrupt
 
 

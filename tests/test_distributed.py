@@ -19,6 +19,7 @@ import pytest
 from pangu_cli import distributed
 from test_cli import (  # noqa: F401  (fixtures)
     assert_error, isolated_config, pngs, run_cli, subprocess_env, tiny_model, tiny_model_folder)
+from test_cli_train import TINY_TOML
 
 FAST = ("--steps", "1", "--style-scale", "0")
 
@@ -131,35 +132,9 @@ def test_bad_workers_and_port(tiny_model, tmp_path):
     assert not (tmp_path / "o").exists() or not pngs(tmp_path / "o")
 
 
-TRAIN_TOML = """
-batch_size = 4
-log_every = 1
-probe_every = 0
-jit = false
-[unet]
-model_channels = 32
-channel_mult = [1, 2]
-attention_levels = [1]
-num_head_channels = 16
-[text]
-width = 32
-layers = 1
-heads = 2
-size_embed_dim = 16
-zh_max_length = 24
-en_max_length = 32
-[tokenizer]
-scenes = 60
-[data]
-square_prob = 1.0
-[optim]
-warmup_steps = 1
-lr = 2e-3
-text_lr = 2e-3
-[[phases]]
-name = "split"
-pattern = ["structure", "structure", "texture"]
-"""
+# test_cli_train.py's tiny config with a global batch that two ranks split into 2 rows each.
+assert "batch_size = 2\n" in TINY_TOML
+TRAIN_TOML = TINY_TOML.replace("batch_size = 2\n", "batch_size = 4\n")
 
 
 def _losses(run: Path) -> list[float]:

@@ -99,7 +99,7 @@ class Generator:
         if unknown:
             raise UsageError(f"model '{model.spec.name}' has no style branch '{unknown[0]}'",
                              f"available: {', '.join(prefixes) or 'none'}")
-        guidance = Guidance(s.guidance if scale is None else scale, tuple(scale for _, scale in styles))
+        guidance = Guidance(s.guidance if scale is None else scale, tuple(weight for _, weight in styles))
         texts = guidance.branches(s.negative, s.prompt, [prefixes[name] + s.prompt for name, _ in styles])
         return guidance, texts
 

@@ -672,15 +672,13 @@ def train(config: str | Path | dict | TrainConfig | None, run_dir: str | Path, m
         os.replace(tmp, run_dir / "config.json")
     if rank is not None:
         distributed.check_shared_folder(run_dir, rank)  # also: rank 0 has written the config
-        if not main:
-            cfg = _resolve_config(config, run_dir)
-            distributed.barrier()  # rank 0 makes the tokenizers in the Trainer below
-    trainer = Trainer(cfg, run_dir, say, rank=rank) if main or rank is None else None
+    if not main:
+        cfg = _resolve_config(config, run_dir)
+        distributed.barrier()  # until rank 0's Trainer has made the tokenizers
+    trainer = Trainer(cfg, run_dir, say, rank=rank)
     if rank is not None:
         if main:
             distributed.barrier()
-        else:
-            trainer = Trainer(cfg, run_dir, say, rank=rank)
         if distributed.all_reduce_sum(trainer.step) != rank.size * trainer.step:
             raise UsageError(f"rank {rank.rank} would start at step {trainer.step}, another rank elsewhere",
                              "give every rank the same run folder (shared storage)")
