@@ -10,12 +10,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from pangu_cli import __version__
 from pangu_cli import cli_common as common
+from pangu_cli import cli_options as opt
 from pangu_cli.errors import EXIT_CODES, PanguError, UsageError
 
 EXIT_HELP = "Exit codes: " + ", ".join(f"{code} {text.split(' (')[0]}" for code, text in EXIT_CODES.items())
@@ -327,12 +328,6 @@ def _options(prompt, negative, seed, count, steps, guidance, sampler, style, sty
                    switch=switch, ensemble=ensemble)
 
 
-RECIPE_HELP = "Coop-Diffusion recipe (TOML): members with models, t ranges, weights, sizes (docs/coop.md)."
-STRUCTURE_MODEL_HELP = "Model for the large-noise (structure) steps; its structure UNet if it has one."
-TEXTURE_MODEL_HELP = "Model for the small-noise (texture) steps."
-STRUCTURE_SIZE_HELP = "Size WxH the structure steps run at (e.g. 32x32); the texture steps run at the output size."
-
-
 def _set_ensemble(opts, spec, recipe: Path | None, structure_model: str | None, texture_model: str | None,
                   structure_size: str | None) -> None:
     """Put the ensemble of --recipe, or of the short flags, into `opts` as recipe data. The short flags
@@ -356,33 +351,32 @@ def _set_ensemble(opts, spec, recipe: Path | None, structure_model: str | None, 
 @app.command()
 def draw(
     prompt: Optional[str] = typer.Argument(None, help="The prompt (中文, English or mixed), or - for stdin."),
-    ratio: Optional[str] = typer.Option(None, "--ratio", "-r", help="Aspect ratio, e.g. 16:9, 4:3, 1:1, 9:16 (nearest bucket)."),
-    size: Optional[str] = typer.Option(None, "--size", help="Exact size WxH; must be one of `pangu ratios`."),
-    style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="Style preset, repeatable: anime, photo=0.3, or anime=0.6,photo=0.3."),
-    style_scale: Optional[float] = typer.Option(None, "--style-scale", help="Multiply every style scale."),
-    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
+    ratio: opt.Ratio = None,
+    size: opt.Size = None,
+    style: opt.Style = None,
+    style_scale: opt.StyleScale = None,
+    negative: opt.Negative = None,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed (random if omitted; image i uses seed+i)."),
-    count: int = typer.Option(1, "--count", "-n", help="Number of images."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (model default)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="euler or dpmpp_2m."),
-    switch: Optional[float] = typer.Option(None, "--switch", help="Structure→texture hand-over: timestep (500) or fraction (0.5)."),
-    recipe_file: Optional[Path] = typer.Option(None, "--recipe", help=RECIPE_HELP),
-    structure_model: Optional[str] = typer.Option(None, "--structure-model", help=STRUCTURE_MODEL_HELP),
-    texture_model: Optional[str] = typer.Option(None, "--texture-model", help=TEXTURE_MODEL_HELP),
-    structure_size: Optional[str] = typer.Option(None, "--structure-size", help=STRUCTURE_SIZE_HELP),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder (default: pangu-mini)."),
-    device: str = typer.Option("auto", "--device", help="auto, CPU, GPU or Ascend."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
-    offload: bool = typer.Option(False, "--offload", help="Keep one UNet in memory at a time (two-stage models): "
-                                 "about half the UNet memory, the texture UNet loads at the switch."),
+    count: opt.Count = 1,
+    steps: opt.Steps = None,
+    guidance: opt.Guidance = None,
+    sampler: opt.Sampler = None,
+    switch: opt.Switch = None,
+    recipe_file: opt.Recipe = None,
+    structure_model: opt.StructureModel = None,
+    texture_model: opt.TextureModel = None,
+    structure_size: opt.StructureSize = None,
+    model: opt.Model = None,
+    device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
+    offload: opt.Offload = False,
     out_path: Optional[str] = typer.Option(None, "--out", "-o", help="Output file (.png) or folder."),
     name: str = typer.Option("{date}-{seed}-{slug}.png", "--name", help="File-name template inside a folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
     from_image: Optional[Path] = typer.Option(None, "--from", help="Re-run the recipe stored in a PNG."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and print the plan; generate nothing."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
+    dry_run: opt.DryRun = False,
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Draw image(s) from one prompt · 根据提示词生成图像."""
     from pangu_cli import plan
@@ -437,35 +431,34 @@ def batch(
     source: str = typer.Argument(..., help="Prompt file: .txt (one per line), .jsonl or .csv; - reads stdin."),
     out_path: str = typer.Option("pangu-out", "--out", "-o", help="Output folder (holds the resume manifest)."),
     name: str = typer.Option("{id}-{seed}-{slug}.png", "--name", help="File-name template."),
-    ratio: Optional[str] = typer.Option(None, "--ratio", "-r", help="Default aspect ratio."),
-    size: Optional[str] = typer.Option(None, "--size", help="Default size WxH."),
-    style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="Default style(s)."),
-    style_scale: Optional[float] = typer.Option(None, "--style-scale", help="Multiply every style scale."),
-    negative: Optional[str] = typer.Option(None, "--negative", help="Default negative prompt."),
+    ratio: opt.Ratio = None,
+    size: opt.Size = None,
+    style: opt.Style = None,
+    style_scale: opt.StyleScale = None,
+    negative: opt.Negative = None,
     seed: int = typer.Option(0, "--seed", help="Base seed: image i of line j gets seed + j·count + i (stable, so runs resume)."),
-    count: int = typer.Option(1, "--count", "-n", help="Images per prompt."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Guidance scale."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="euler or dpmpp_2m."),
-    switch: Optional[float] = typer.Option(None, "--switch", help="Structure→texture hand-over timestep or fraction."),
-    recipe_file: Optional[Path] = typer.Option(None, "--recipe", help=RECIPE_HELP),
-    structure_model: Optional[str] = typer.Option(None, "--structure-model", help=STRUCTURE_MODEL_HELP),
-    texture_model: Optional[str] = typer.Option(None, "--texture-model", help=TEXTURE_MODEL_HELP),
-    structure_size: Optional[str] = typer.Option(None, "--structure-size", help=STRUCTURE_SIZE_HELP),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder."),
-    device: str = typer.Option("auto", "--device", help="auto, CPU, GPU or Ascend."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
-    offload: bool = typer.Option(False, "--offload", help="Keep one UNet in memory at a time (two-stage models): "
-                                 "about half the UNet memory, the texture UNet loads at the switch."),
+    count: opt.Count = 1,
+    steps: opt.Steps = None,
+    guidance: opt.Guidance = None,
+    sampler: opt.Sampler = None,
+    switch: opt.Switch = None,
+    recipe_file: opt.Recipe = None,
+    structure_model: opt.StructureModel = None,
+    texture_model: opt.TextureModel = None,
+    structure_size: opt.StructureSize = None,
+    model: opt.Model = None,
+    device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
+    offload: opt.Offload = False,
     shard: Optional[str] = typer.Option(None, "--shard", help="Process only part i of n (1-based), e.g. 2/4."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Run N workers on this machine under MindSpore's "
                                           "msrun (each takes every N-th prompt); under msrun itself, leave it out."),
     port: Optional[int] = typer.Option(None, "--port", help="msrun's master port for --workers (default: a free one)."),
     strict: bool = typer.Option(False, "--strict", help="A bad line stops the run before anything is drawn."),
     encoding: Optional[str] = typer.Option(None, "--encoding", help="Prompt-file encoding (default: UTF-8, GB18030 detected)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be made; generate nothing."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
+    dry_run: opt.DryRun = False,
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Draw every prompt of a file, resumably · 批量生成（可断点续跑）.
 
