@@ -137,11 +137,10 @@ def test_steps_lower_the_loss_on_a_fixed_batch(ms, tmp_path):
                           "optim": {**TINY["optim"], "lr": 1e-3, "text_lr": 1e-3}})
     trainer = Trainer(config, tmp_path)
     batch = make_batch(config, TextTokenizer(trainer.manifest, tmp_path), 0, "structure")
-    inputs = [ms.Tensor(batch[k]) for k in ("x0", "noise", "signal", "sigma", "t")]
-    inputs += [ms.Tensor(a) for a in batch["tokens"]] + [ms.Tensor(batch["bucket"])]
-    step = trainer._step_fn("structure")
-    losses = [float(step(*inputs).asnumpy()) for _ in range(6)]
+    step, inputs = trainer._step_fn("structure"), trainer.step_inputs(batch)
+    losses, aux = zip(*[[float(t.asnumpy()) for t in step(*inputs)] for _ in range(6)])
     assert min(losses[1:]) < 0.8 * losses[0] and losses[-1] < losses[0], losses
+    assert aux[-1] < 0.8 * aux[0], aux  # the attribute head learns the batch's labels too
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +188,7 @@ def test_export_loads_and_generates(trained_runs, tmp_path):
     assert manifest["conditioning"] == {"routing": "language", "concat": "sequence"}
     texture = load_state(folder / "texture.safetensors")
     assert all(v.dtype == np.float16 for v in texture.values())
+    assert not any("text_head" in k for k in texture)  # the attribute head is for training only
     run_state = load_state(next((base / "a").glob("checkpoint-*.safetensors")))
     key = "conditioner.embedders.0.model.embeddings.word_embeddings.embedding_table"
     np.testing.assert_array_equal(texture[key], run_state["ema." + key].astype(np.float16))
@@ -215,12 +215,10 @@ def test_compiled_step_matches_the_pynative_step(ms, tmp_path):
         config = load_config({**TINY, "batch_size": 4, "jit": jit})
         trainer = Trainer(config, tmp_path / str(jit))
         batch = make_batch(config, TextTokenizer(trainer.manifest, tmp_path / str(jit)), 0, "structure")
-        inputs = [ms.Tensor(batch[k]) for k in ("x0", "noise", "signal", "sigma", "t")]
-        inputs += [ms.Tensor(a) for a in batch["tokens"]] + [ms.Tensor(batch["bucket"])]
-        step = trainer._step_fn("structure")
-        losses[jit] = [float(step(*inputs).asnumpy()) for _ in range(3)]
+        step, inputs = trainer._step_fn("structure"), trainer.step_inputs(batch)
+        losses[jit] = [float(t.asnumpy()) for _ in range(3) for t in step(*inputs)]  # denoising, attribute
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
-    assert losses[True][-1] < losses[True][0]
+    assert losses[True][-2] < losses[True][0] and losses[True][-1] < losses[True][1]  # both losses descend
 
 
 def test_text_probe_compares_own_and_rotated_captions(ms, tmp_path):
@@ -245,7 +243,19 @@ def test_runs_saved_before_the_schedule_shift_keep_the_reference_schedule(tmp_pa
     from pangu_cli.training.trainer import _resolve_config
 
     old = config_to_dict(load_config(TINY))
-    del old["snr_shift"]  # what a run saved before `snr_shift` existed
+    del old["snr_shift"], old["text_aux_weight"]  # what a run saved before either existed
     (tmp_path / "config.json").write_text(json.dumps(old), encoding="utf-8")
     assert _resolve_config(None, tmp_path).snr_shift == 1.0
+    assert _resolve_config(None, tmp_path).text_aux_weight == 0.0  # and it trains without the head
     assert load_config(TINY).snr_shift == 16.0  # a new run gets pangu-mini's shift
+    assert load_config(TINY).text_aux_weight > 0
+
+
+def test_without_the_attribute_head_the_step_and_checkpoint_have_none(ms, tmp_path):
+    from pangu_cli.models.checkpoint import load_state
+
+    summary = train({**TINY, "text_aux_weight": 0.0}, tmp_path, max_steps=1, data_process=False, log=None)
+    assert summary["step"] == 1 and np.isfinite(summary["last_loss"])
+    state = load_state(next(tmp_path.glob("checkpoint-*.safetensors")))
+    assert not any("text_head" in k for k in state)
+    assert any(k.startswith("net.conditioner.") for k in state)

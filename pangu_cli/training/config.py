@@ -209,6 +209,9 @@ class TrainConfig:
     # and the prompt cannot (measured: background colours followed the seed). SNR ÷ (128/32)² restores
     # the destruction the table has at its design size. model.json carries it as schedule.snr_shift.
     snr_shift: float = 16.0
+    # Weight of the text towers' auxiliary loss: a linear head on the pooled text features predicts the
+    # scene's attributes (attributes.py; binary cross-entropy summed over the labels). 0 = no head.
+    text_aux_weight: float = 0.01
     style_prefixes: dict[str, str] = field(default_factory=lambda: {"art": "義 ", "anime": "饅 ", "photo": "霙 "})
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -242,6 +245,8 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if self.prediction not in ("eps", "v"):
             raise UsageError(f"prediction must be \"eps\" or \"v\", not {self.prediction!r}")
+        if not self.text_aux_weight >= 0:
+            raise UsageError(f"text_aux_weight must be 0 or more, not {self.text_aux_weight!r}")
         if not self.snr_shift > 0:
             raise UsageError(f"snr_shift must be positive, not {self.snr_shift!r}")
         for name, role in self.roles.items():

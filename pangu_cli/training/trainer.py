@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from pangu_cli.errors import ModelError, UsageError
+from pangu_cli.training.attributes import LABELS, attribute_targets
 from pangu_cli.training.captions import LANGS, caption
 from pangu_cli.training.config import PhaseConfig, TrainConfig, config_to_dict, load_config
 from pangu_cli.training.scenes import render, render_low_quality, sample_scene
@@ -166,9 +167,10 @@ def make_batch(config: TrainConfig, tokenizer: TextTokenizer, step: int, role_na
     width, height = config.buckets()[index]
     w, h = config.input_size(role, width, height)
     images = np.empty((config.batch_size, h, w, 3), np.uint8)
-    texts = []
+    texts, scenes = [], []
     for i in range(config.batch_size):
         scene = sample_scene(rng, max_objects=config.data.max_objects)
+        scenes.append(scene)
         texts.append(captions_for(config, scene, rng))
         if role.data == "low":
             if rng.random() < role.low_quality_prob:
@@ -186,13 +188,16 @@ def make_batch(config: TrainConfig, tokenizer: TextTokenizer, step: int, role_na
     t = rng.integers(role.t_min, role.t_max, config.batch_size).astype(np.int32)
     noise = rng.standard_normal(x0.shape, dtype=np.float32)
     ac = alphas_cumprod(config)[t].astype(np.float32)
-    return {
+    batch = {
         "step": step, "role": role_name, "texts": texts, "bucket_index": index,
         "x0": x0, "noise": noise, "t": t,
         "signal": np.sqrt(ac).reshape(-1, 1, 1, 1), "sigma": np.sqrt(1.0 - ac).reshape(-1, 1, 1, 1),
         "tokens": tokenizer(texts),
         "bucket": np.full((config.batch_size,), index, np.float32),
     }
+    if config.text_aux_weight > 0:
+        batch["attributes"] = np.stack([attribute_targets(scene) for scene in scenes])
+    return batch
 
 
 def _data_process(config_dict: dict, root: str, start: int, out: Any, stop: Any) -> None:
@@ -308,21 +313,6 @@ def _make_optimizer(cell, lr: float, config: TrainConfig, key: str):
     return opt
 
 
-def _clipper(clip: float) -> Callable:
-    """Global-norm gradient clipping as one compiled graph for the PyNative step: uncompiled it is ~3
-    small ops per gradient (measured 2–3 s a step for 250 gradients on a loaded machine; compiled 0.05 s)."""
-    import mindspore as ms
-    from mindspore import ops
-
-    if clip <= 0:
-        return lambda grads: grads
-
-    def clip_grads(grads):
-        return ops.clip_by_global_norm(grads, clip)
-
-    return ms.jit(clip_grads)
-
-
 class EMA:
     """Exponential moving averages of named parameters, in numpy (updated every k steps with decay**k)."""
 
@@ -374,6 +364,14 @@ class Trainer:
                                        routing="language", concat="sequence")
         self.conditioner.set_train(True)
         self.text_optimizer = _make_optimizer(self.conditioner, config.optim.text_lr, config, "conditioner")
+        # The auxiliary attribute head on the pooled text features (training only; see attributes.py).
+        self.text_head, self.head_optimizer = None, None
+        if config.text_aux_weight > 0:
+            from mindspore import nn
+
+            self.text_head = nn.Dense(2 * config.text.width, len(LABELS))
+            self.head_optimizer = _make_optimizer(self.text_head, config.optim.text_lr, config, "text_head")
+        self.last_text_aux: float | None = None
         self.unets: dict[str, Any] = {}
         self.optimizers: dict[str, Any] = {}
         self.emas: dict[str, EMA] = {"conditioner": EMA(self.conditioner)}
@@ -430,20 +428,30 @@ class Trainer:
         import mindspore as ms
         from mindspore import ops
 
-        unet, conditioner = self.unet(name), self.conditioner
-        unet_opt, text_opt = self.optimizers[name], self.text_optimizer
-        params = ms.ParameterTuple(list(unet_opt.parameters) + list(text_opt.parameters))
-        n_unet = len(unet_opt.parameters)
+        unet, conditioner, head = self.unet(name), self.conditioner, self.text_head
+        unet_opt, text_opt, head_opt = self.optimizers[name], self.text_optimizer, self.head_optimizer
+        params = ms.ParameterTuple(list(unet_opt.parameters) + list(text_opt.parameters)
+                                   + (list(head_opt.parameters) if head is not None else []))
+        n_unet, n_text = len(unet_opt.parameters), len(text_opt.parameters)
         clip = float(self.config.optim.grad_clip)
         v_target = self.config.prediction == "v"
+        aux_weight = float(self.config.text_aux_weight)
+        text_dims = 2 * self.config.text.width
 
-        def loss_fn(x0, noise, signal_, sigma, t, ids0, mask0, ids1, mask1, bucket):
+        def loss_fn(x0, noise, signal_, sigma, t, ids0, mask0, ids1, mask1, bucket, *attributes):
             context, y = conditioner((ids0, mask0, ids1, mask1), bucket)
             noisy = signal_ * x0 + sigma * noise
             target = signal_ * noise - sigma * x0 if v_target else noise
-            return ops.mse_loss(unet(noisy, t, context, y), target)
+            loss = ops.mse_loss(unet(noisy, t, context, y), target)
+            if head is None:
+                return loss
+            # Binary cross-entropy with logits, summed over the labels (stable form: no exp overflow).
+            logits = head(y[:, :text_dims])
+            labels = attributes[0]
+            aux = (ops.relu(logits) - logits * labels + ops.log(1.0 + ops.exp(-ops.abs(logits)))).sum(-1).mean()
+            return loss + aux_weight * aux, loss, aux
 
-        grad_fn = ms.value_and_grad(loss_fn, None, params)
+        grad_fn = ms.value_and_grad(loss_fn, None, params, has_aux=head is not None)
         if self.rank is not None:
             from mindspore import nn
 
@@ -454,42 +462,69 @@ class Trainer:
 
             def grad_fn(*inputs):
                 loss, grads = local_grad_fn(*inputs)
+                if isinstance(loss, tuple):
+                    return tuple(all_reduce(part) / size for part in loss), reducer(grads)
                 return all_reduce(loss) / size, reducer(grads)
+
+        def clipped(grads):
+            if clip <= 0:
+                return grads
+            if head is None:
+                return ops.clip_by_global_norm(grads, clip)
+            # Per network: the head's large early gradients must not shrink the UNet's step.
+            return ops.clip_by_global_norm(grads[:n_unet], clip) + ops.clip_by_global_norm(grads[n_unet:], clip)
+
+        def apply(grads):
+            unet_opt(grads[:n_unet])
+            text_opt(grads[n_unet:n_unet + n_text])
+            if head is not None:
+                head_opt(grads[n_unet + n_text:])
+
+        def result(loss):
+            # (denoising loss, attribute loss) with the head; the loss alone without it
+            return loss if head is None else (loss[1], loss[2])
 
         if self.config.jit:
             # bench/PERF.md: compiling the whole step (forward, backward, clipping, AdamW) is the fastest
             # MindSpore step on CPU. One graph per input shape: structure one per bucket, texture one.
             def step(*inputs):
                 loss, grads = grad_fn(*inputs)
-                if clip > 0:
-                    grads = ops.clip_by_global_norm(grads, clip)
-                unet_opt(grads[:n_unet])
-                text_opt(grads[n_unet:])
-                return loss
+                apply(clipped(grads))
+                return result(loss)
 
             step = ms.jit(step)
         else:
-            clip_fn = _clipper(clip)
+            # compiled: uncompiled clipping is ~3 small ops per gradient (measured 2–3 s a step for 250
+            # gradients on a loaded machine; compiled 0.05 s)
+            clip_fn = ms.jit(clipped) if clip > 0 else clipped
 
             def step(*inputs):
                 loss, grads = grad_fn(*inputs)
-                grads = clip_fn(grads)
-                unet_opt(grads[:n_unet])
-                text_opt(grads[n_unet:])
-                return loss
+                apply(clip_fn(grads))
+                return result(loss)
 
         self.steps[name] = step
         return step
+
+    def step_inputs(self, batch: dict[str, Any]) -> list:
+        """The Tensors a step function takes from `batch`: this rank's rows."""
+        Tensor = self.ms.Tensor
+        rows = slice(None) if self.rank is None else slice(self.rank.rank, None, self.rank.size)
+        inputs = [Tensor(batch[k][rows]) for k in ("x0", "noise", "signal", "sigma", "t")]
+        inputs += [Tensor(a[rows]) for a in batch["tokens"]] + [Tensor(batch["bucket"][rows])]
+        if self.text_head is not None:
+            inputs.append(Tensor(batch["attributes"][rows]))
+        return inputs
 
     def train_step(self, plan: StepPlan, batch: dict[str, Any]) -> float:
         """Run one step; returns its loss."""
         if plan.step == plan.phase_start or self.config.phases[plan.phase_index].name not in self.phase_inits:
             self._init_phase(plan)
-        Tensor = self.ms.Tensor
-        rows = slice(None) if self.rank is None else slice(self.rank.rank, None, self.rank.size)
-        inputs = [Tensor(batch[k][rows]) for k in ("x0", "noise", "signal", "sigma", "t")]
-        inputs += [Tensor(a[rows]) for a in batch["tokens"]] + [Tensor(batch["bucket"][rows])]
-        loss = float(self._step_fn(plan.unet)(*inputs).asnumpy())
+        out = self._step_fn(plan.unet)(*self.step_inputs(batch))
+        if self.text_head is not None:
+            out, aux = out
+            self.last_text_aux = float(aux.asnumpy())
+        loss = float(out.asnumpy())
         self.step = plan.step + 1
         self.samples[plan.role] += len(batch["t"])
         self.unet_steps[plan.unet] += 1
@@ -528,6 +563,9 @@ class Trainer:
         state: dict[str, np.ndarray] = {}
         state.update(cell_state(self.conditioner, "net.conditioner."))
         state.update(self._optimizer_state("conditioner", self.text_optimizer))
+        if self.text_head is not None:
+            state.update(cell_state(self.text_head, "net.text_head."))
+            state.update(self._optimizer_state("text_head", self.head_optimizer))
         for name, unet in self.unets.items():
             state.update(cell_state(unet, f"net.unet.{name}."))
             state.update(self._optimizer_state("unet." + name, self.optimizers[name]))
@@ -563,6 +601,9 @@ class Trainer:
         state = load_state(self.run_dir / meta["file"])
         load_into(self.conditioner, state, "net.conditioner.")
         self._load_optimizer("conditioner", self.text_optimizer, state)
+        if self.text_head is not None and "opt.text_head.step" in state:  # else: the head starts now
+            load_into(self.text_head, state, "net.text_head.")
+            self._load_optimizer("text_head", self.head_optimizer, state)
         for name in meta["unets"]:
             unet = self._new_unet(name)
             load_into(unet, state, f"net.unet.{name}.")
@@ -634,8 +675,9 @@ def _log_line(run_dir: Path, record: dict) -> None:
 
 def saved_config(data: dict) -> TrainConfig:
     """A run's saved config. Runs saved before the noise schedule could be shifted trained on the
-    reference table: a missing `snr_shift` means 1, not today's default."""
-    return load_config({"snr_shift": 1.0, **data})
+    reference table: a missing `snr_shift` means 1, not today's default; runs from before the attribute
+    head have none (`text_aux_weight` 0)."""
+    return load_config({"snr_shift": 1.0, "text_aux_weight": 0.0, **data})
 
 
 def _resolve_config(config: str | Path | dict | TrainConfig | None, run_dir: Path) -> TrainConfig:
@@ -724,6 +766,8 @@ def train(config: str | Path | dict | TrainConfig | None, run_dir: str | Path, m
             if not math.isfinite(last_loss):
                 raise RuntimeError(f"loss is {last_loss} at step {plan.step}; not checkpointing")
             losses[plan.role].append(last_loss)
+            if trainer.last_text_aux is not None:
+                losses["text_aux"].append(trainer.last_text_aux)
             window["samples"] += len(batch["t"])
             window["wait"] += t1 - t0
             window["steps"] += 1
@@ -733,13 +777,15 @@ def train(config: str | Path | dict | TrainConfig | None, run_dir: str | Path, m
                 record = {
                     "step": trainer.step, "phase": cfg.phases[plan.phase_index].name,
                     "elapsed_s": round(trainer.elapsed, 1),
-                    "loss": {role: round(float(np.mean(v)), 5) for role, v in losses.items()},
+                    "loss": {role: round(float(np.mean(v)), 5) for role, v in losses.items() if role != "text_aux"},
                     "samples": dict(trainer.samples),
                     "samples_per_s": round(window["samples"] / span, 2),
                     "step_s": round(span / window["steps"], 3),
                     "data_wait_s": round(window["wait"] / window["steps"], 4),
                     "lr": round(trainer.current_lr(plan.unet), 8),
                 }
+                if losses.get("text_aux"):
+                    record["text_aux"] = round(float(np.mean(losses["text_aux"])), 4)
                 if trainer.rank is not None:
                     record["rank_batch"] = cfg.batch_size // trainer.rank.size  # rows each rank trains on
                 log_line(run_dir, record)
