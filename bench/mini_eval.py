@@ -391,6 +391,10 @@ def main(argv=None) -> int:
         summary[short if short not in summary else label] = rows["all"]
     if len(summary) > 1:
         print_table("all languages, side by side", summary)
+    if not args.oracle:
+        import resource  # peak resident memory of this process: every model it loaded, and the analyser
+
+        print(f"peak memory (RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as fh:
             for record in records:

@@ -334,51 +334,34 @@ def _copy_folder(src, dst):
     return dst
 
 
-def test_load_model_rejects_a_stray_key_in_the_texture_checkpoint(ms, tiny_folder, tmp_path):
-    from pangu_cli.errors import CheckpointError
-    from pangu_cli.models.checkpoint import load_state, save_state
-    from pangu_cli.models.loader import load_model
-
-    folder = _copy_folder(tiny_folder, tmp_path / "tiny")
-    state = load_state(folder / "texture.safetensors")
+def _stray_key(state):
     state["model_ema.decay"] = np.array(0.9999, np.float32)
-    save_state(state, folder / "texture.safetensors")
-    with pytest.raises(CheckpointError) as error:
-        load_model(_spec(folder))
-    message = str(error.value)
-    assert "texture.safetensors" in message and "model_ema.decay" in message
-    assert re.search(r"\b1 unexpected", message), message
 
 
-def test_load_model_rejects_a_structure_checkpoint_missing_a_key(ms, tiny_folder, tmp_path):
-    from pangu_cli.errors import CheckpointError
-    from pangu_cli.models.checkpoint import load_state, save_state
-    from pangu_cli.models.loader import load_model
-
-    folder = _copy_folder(tiny_folder, tmp_path / "tiny")
-    state = load_state(folder / "structure.safetensors")
+def _missing_key(state):
     del state["model.diffusion_model.middle_block.1.proj_in.weight"]
-    save_state(state, folder / "structure.safetensors")
-    with pytest.raises(CheckpointError) as error:
-        load_model(_spec(folder))
-    message = str(error.value)
-    assert "structure" in message and "middle_block.1.proj_in.weight" in message
-    assert re.search(r"\b1 missing", message), message
 
 
-def test_load_model_rejects_a_shape_from_another_config(ms, tiny_folder, tmp_path):
+def _wrong_shape(state):
+    state["first_stage_model.decoder.conv_out.weight"] = np.zeros((3, 64, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize("file, corrupt, expected", [
+    ("texture", _stray_key, [r"texture\.safetensors", r"model_ema\.decay", r"\b1 unexpected"]),
+    ("structure", _missing_key, [r"structure", r"middle_block\.1\.proj_in\.weight", r"\b1 missing"]),
+    ("texture", _wrong_shape, [r"texture\.safetensors",
+                               r"\b1 with wrong shape \(.*decoder\.conv_out\.weight \(3, 64, 3, 3\) != \(3, 32, 3, 3\)"]),
+], ids=["stray key", "missing key", "wrong shape"])
+def test_load_model_rejects_a_checkpoint_that_does_not_fit(ms, tiny_folder, tmp_path, file, corrupt, expected):
     from pangu_cli.errors import CheckpointError
     from pangu_cli.models.checkpoint import load_state, save_state
     from pangu_cli.models.loader import load_model
 
     folder = _copy_folder(tiny_folder, tmp_path / "tiny")
-    state = load_state(folder / "texture.safetensors")
-    key = "first_stage_model.decoder.conv_out.weight"
-    state[key] = np.zeros((3, 64, 3, 3), np.float32)
-    save_state(state, folder / "texture.safetensors")
+    state = load_state(folder / f"{file}.safetensors")
+    corrupt(state)
+    save_state(state, folder / f"{file}.safetensors")
     with pytest.raises(CheckpointError) as error:
         load_model(_spec(folder))
-    message = str(error.value)
-    assert "texture.safetensors" in message
-    assert re.search(r"\b1 with wrong shape \(.*decoder\.conv_out\.weight \(3, 64, 3, 3\) != \(3, 32, 3, 3\)", message), \
-        message
+    for pattern in expected:
+        assert re.search(pattern, str(error.value)), (pattern, str(error.value))

@@ -560,6 +560,10 @@ class Trainer:
         """Write the full training state atomically; keep only the newest checkpoint."""
         from pangu_cli.models.checkpoint import cell_state, save_state
 
+        if self.rank is not None and not self.rank.main:
+            # Ranks share the run folder: a second writer would race rank 0 (and fail the msrun tests).
+            raise RuntimeError(f"rank {self.rank.rank} tried to write a checkpoint; only rank 0 does")
+
         state: dict[str, np.ndarray] = {}
         state.update(cell_state(self.conditioner, "net.conditioner."))
         state.update(self._optimizer_state("conditioner", self.text_optimizer))
