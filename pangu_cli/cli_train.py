@@ -194,9 +194,13 @@ def train_status(run: str = typer.Option(DEFAULT_RUN, "--run", help=RUN_HELP),
                  ("trained", f"{info['elapsed_h']:.2f} h")]
     if last:
         rows += [("last log", f"step {last['step']}, phase {last.get('phase', '—')}"),
-                 ("losses", "  ".join(f"{k} {v:.4f}" for k, v in last.get("loss", {}).items())),
+                 ("losses", "  ".join(f"{k} {v:.4f}" for k, v in last.get("loss", {}).items())
+                  + (f"  (attribute head {last['text_aux']:.2f})" if "text_aux" in last else "")),
                  ("speed", f"{last.get('samples_per_s', 0):g} samples/s, {last.get('step_s', 0):g} s/step"),
                  ("lr", f"{last['lr']:.2e}" if "lr" in last else "—")]
+    if info.get("last_probes"):  # 1 − MSE(own captions) / MSE(rotated captions): how much the text helps
+        rows.append(("text gain", "  ".join(f"{role} {p['text_gain']:.3f} (step {p['step']})"
+                                             for role, p in sorted(info["last_probes"].items()))))
     table = Table(title=f"training run {escape(str(run_dir))}", title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")

@@ -80,8 +80,23 @@ def test_status_json_and_table(trained):
     info = status.json()
     assert info["step"] == 2 and info["state"] == "stopped" and info["stop_reason"] == "max_steps"
     assert info["last_log"]["step"] == 2
+    assert info["last_log"]["text_aux"] > 0 and info["last_probes"] == {}  # no probe in two steps
     table = run_cli("train", "status", "--run", run_dir)
     assert table.code == 0 and "step" in table.stdout and "stopped (max_steps)" in table.stdout, table
+    assert "attribute head" in table.stdout and "text gain" not in table.stdout
+
+
+def test_status_shows_the_last_text_probe_of_each_role(trained, tmp_path):
+    import shutil
+
+    run_dir = shutil.copytree(trained[0], tmp_path / "run")
+    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+        for step, gain in ((200, 0.1), (400, 0.25)):
+            fh.write(json.dumps({"event": "probe", "step": step, "role": "structure", "mse_right": 1 - gain,
+                                 "mse_rotated": 1.0, "text_gain": gain}) + "\n")
+    table = run_cli("train", "status", "--run", run_dir)
+    assert table.code == 0 and "structure 0.250 (step 400)" in table.stdout, table
+    assert run_cli("train", "status", "--run", run_dir, "--json").json()["last_probes"]["structure"]["step"] == 400
 
 
 def test_export_refuses_to_overwrite_without_force(trained, tmp_path):

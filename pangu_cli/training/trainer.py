@@ -876,21 +876,22 @@ def export(run_dir: str | Path, out_dir: str | Path, ema: bool = True, dtype: st
 
 
 def status(run_dir: str | Path) -> dict[str, Any]:
-    """Where a run stands: checkpoint step, samples, time, and the last log record."""
+    """Where a run stands: checkpoint step, samples, time, the last log record and each role's last
+    text probe."""
     run_dir = Path(run_dir)
     meta = read_checkpoint_meta(run_dir)
-    last = None
-    log_file = run_dir / LOG_FILE
-    if log_file.is_file():
-        for line in log_file.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if "loss" in record:
-                last = record
+    last, probes = None, {}
+    for record in iter_log(run_dir):
+        if "loss" in record:
+            last = record
+        elif record.get("event") == "probe":
+            probes[record["role"]] = record
     if meta is None:
-        return {"run_dir": str(run_dir), "checkpoint": None, "last_log": last}
+        return {"run_dir": str(run_dir), "checkpoint": None, "last_log": last, "last_probes": probes}
     return {"run_dir": str(run_dir), "checkpoint": meta["file"], "step": meta["step"],
             "samples": meta["samples"], "unet_steps": meta["unet_steps"],
-            "elapsed_h": round(meta["elapsed_s"] / 3600, 3), "unets": meta["unets"], "last_log": last}
+            "elapsed_h": round(meta["elapsed_s"] / 3600, 3), "unets": meta["unets"], "last_log": last,
+            "last_probes": probes}
 
 
 def iter_log(run_dir: str | Path) -> Iterator[dict]:
