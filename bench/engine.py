@@ -3,9 +3,10 @@
 Measures, in one run on this machine, (a) one UNet evaluation and (b) one full Euler sampling with
 classifier-free guidance (uncond + cond = batch 2), for
 - MindSpore PyNative and MindSpore with `UNetModel.enable_jit()` (compile time reported apart), with
-  pangu's default oneDNN ISA cap (AVX2);
-- MindSpore PyNative without the cap (`PANGU_CPU_ISA=default`, a subprocess: oneDNN reads it once; its
-  evaluations take minutes, so by default one is timed and the sampling is estimated as steps x eval);
+  the oneDNN ISA that `runtime.setup` chooses (native with pangu's CPU kernels, an AVX2 cap without);
+- MindSpore PyNative with the native ISA (`PANGU_CPU_ISA=default`, a subprocess: oneDNN reads it once;
+  without pangu's kernels its evaluations take minutes, so by default one is timed and the sampling is
+  estimated as steps x eval; `--default-isa-repeats 0` skips it);
 - optionally MindSpore PyNative with `mindspore.runtime.launch_blocking()` (synchronous dispatch, a subprocess);
 - diffusers on PyTorch (2 threads).
 Outputs are checked to agree before anything is timed. The backends take turns inside every round, so a
@@ -367,7 +368,7 @@ def main() -> None:
 
     ours = our_unet(channel_mult, state)
     backends["MindSpore PyNative"] = ms_eps(ours)
-    results: dict = {"config": config, "latent": args.latent, "gflop": gflop, "errors": {}, "eval_s": {},
+    results: dict = {"isa": info.cpu_isa, "config": config, "latent": args.latent, "gflop": gflop, "errors": {}, "eval_s": {},
                      "eval_cpu_s": {}, "sampling_s": {}, "load_average": [os.getloadavg()[0]]}
     check = {"MindSpore PyNative": evaluate(backends["MindSpore PyNative"], inputs)}
     if not args.no_jit:
@@ -462,7 +463,8 @@ def report(results: dict, args) -> None:
     for name, evals in results["eval_s"].items():
         samplings = results["sampling_s"][name]
         eval_ratio = statistics.median(a / b for a, b in zip(evals, diffusers_eval))
-        row = f"| {name}{' (AVX2 cap)' if name.startswith('MindSpore') else f' (torch {args.torch_threads} threads)'}"
+        isa = f"ISA {results['isa']}" if results["isa"] else "native ISA"
+        row = f"| {name}{f' ({isa})' if name.startswith('MindSpore') else f' (torch {args.torch_threads} threads)'}"
         row += (f" | {spread(evals, 1e3)} | {statistics.median(results['eval_cpu_s'][name]) * 1e3:.0f}"
                 f" | {gflop / statistics.median(evals):.1f} | {eval_ratio:.1f}")
         if samplings:
