@@ -47,7 +47,7 @@ def measure(model: str, ratio: str, images: int) -> dict:
         settings = ImageSettings(
             prompt=PROMPT, seed=seed, steps=defaults.get("steps", 20), guidance=defaults.get("guidance", 3.0),
             sampler=defaults.get("sampler", "euler"), width=bucket.width, height=bucket.height,
-            bucket_index=bucket.index, model=spec.name, switch_t=defaults.get("switch_t", 500),
+            bucket_index=bucket.index, model=spec.name, switch_t=spec.switch_t,
             switch_lag=defaults.get("switch_lag", False))
         start = time.perf_counter()
         generator.generate(settings)

@@ -342,7 +342,7 @@ def _set_ensemble(opts, spec, recipe: Path | None, structure_model: str | None, 
         opts.ensemble = ensemble.load_recipe(recipe).to_dict()
         return
     made = ensemble.from_flags(structure_model, texture_model,
-                               plan.resolve_switch(opts.switch, int(spec.sampling.get("switch_t", 500))),
+                               plan.resolve_switch(opts.switch, spec.switch_t),
                                structure_size)
     if made is not None:
         opts.ensemble, opts.switch = made.to_dict(), None

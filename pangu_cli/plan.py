@@ -116,10 +116,6 @@ def resolve_output(spec: ModelSpec, ratio: str | None, size: str | None) -> tupl
     return bucket, (bucket.width, bucket.height)
 
 
-def resolve_bucket(spec: ModelSpec, ratio: str | None, size: str | None) -> Bucket:
-    return resolve_output(spec, ratio, size)[0]
-
-
 def resolve_switch(value: float | None, default: int) -> int:
     """--switch takes a timestep (1…999) or a fraction of the schedule (0 < f < 1 → f·1000)."""
     if value is None:
@@ -182,9 +178,9 @@ def check_ensemble(spec: ModelSpec, opts: Options) -> None:
 
     checked = ensembles.ensemble_from_dict(opts.ensemble, "recipe")
     specs = ensembles.resolve_models(checked, spec, registry.resolve)
-    bucket = resolve_bucket(spec, None, None)
+    _, size = resolve_output(spec, None, None)
     steps = int(opts.steps or spec.sampling.get("steps", 40))
-    ensembles.plan_ensemble(checked, specs, (bucket.width, bucket.height), steps)
+    ensembles.plan_ensemble(checked, specs, size, steps)
 
 
 def resolve(spec: ModelSpec, opts: Options, recipe: dict | None = None) -> list[ImageSettings]:
@@ -221,7 +217,7 @@ def resolve(spec: ModelSpec, opts: Options, recipe: dict | None = None) -> list[
         specs = ensembles.resolve_models(checked, spec, registry.resolve)
         ensembles.plan_ensemble(checked, specs, (width, height), steps)  # sizes and coverage, before loading
         ensemble = checked.to_dict()
-    switch_t = resolve_switch(opts.switch, int(recipe.get("switch", defaults.get("switch_t", 500))))
+    switch_t = resolve_switch(opts.switch, int(recipe.get("switch", spec.switch_t)))
     seed = opts.seed if opts.seed is not None else recipe.get("seed")
     seed = secrets.randbelow(2**32) if seed is None else _number(seed, "seed", int, 0, 2**32 - 1)
     from pangu_cli.language import detect

@@ -79,6 +79,11 @@ class ModelSpec:
         return dict(self.manifest.get("sampling", {}))
 
     @property
+    def switch_t(self) -> int:
+        """The default structure→texture hand-over timestep of two-stage sampling (the reference's 500)."""
+        return int(self.sampling.get("switch_t", 500))
+
+    @property
     def prediction(self) -> str:
         """What the UNets predict: "eps" (the reference and PanGu-Draw 3.0) or "v"."""
         return self.manifest.get("prediction", "eps")

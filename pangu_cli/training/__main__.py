@@ -89,7 +89,7 @@ def contact_sheet(model_dir: str | Path, out: str | Path, seeds: int = 2, steps:
                 prompt=prompt, seed=seed, steps=steps or sampling.get("steps", 20),
                 guidance=guidance if guidance is not None else sampling.get("guidance", 3.0),
                 sampler=sampling.get("sampler", "euler"), width=bucket.width, height=bucket.height,
-                bucket_index=bucket.index, model=spec.name, switch_t=sampling.get("switch_t", 500),
+                bucket_index=bucket.index, model=spec.name, switch_t=spec.switch_t,
                 switch_lag=sampling.get("switch_lag", False))
             start = time.perf_counter()
             row.append(gen.generate(settings).pixels)

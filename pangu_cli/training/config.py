@@ -81,8 +81,12 @@ class TextConfig:
         return self.width  # sequence concatenation: both towers have this width
 
     @property
+    def pooled_dim(self) -> int:
+        return 2 * self.width  # pooled zh + pooled en: the text part of y
+
+    @property
     def adm_in_channels(self) -> int:
-        return 2 * self.width + self.size_embed_dim  # pooled zh + pooled en + size embedding
+        return self.pooled_dim + self.size_embed_dim  # pooled text, then the size embedding
 
     def encoders(self, vocab_sizes: dict[str, int]) -> list[dict[str, Any]]:
         """The `text_encoders` entries of model.json (manifest order = conditioner order)."""

@@ -369,7 +369,7 @@ class Trainer:
         if config.text_aux_weight > 0:
             from mindspore import nn
 
-            self.text_head = nn.Dense(2 * config.text.width, len(LABELS))
+            self.text_head = nn.Dense(config.text.pooled_dim, len(LABELS))
             self.head_optimizer = _make_optimizer(self.text_head, config.optim.text_lr, config, "text_head")
         self.last_text_aux: float | None = None
         self.unets: dict[str, Any] = {}
@@ -436,7 +436,7 @@ class Trainer:
         clip = float(self.config.optim.grad_clip)
         v_target = self.config.prediction == "v"
         aux_weight = float(self.config.text_aux_weight)
-        text_dims = 2 * self.config.text.width
+        text_dims = self.config.text.pooled_dim
 
         def loss_fn(x0, noise, signal_, sigma, t, ids0, mask0, ids1, mask1, bucket, *attributes):
             context, y = conditioner((ids0, mask0, ids1, mask1), bucket)
